@@ -1,0 +1,1 @@
+"""Code shared by the monitor's services, written once."""

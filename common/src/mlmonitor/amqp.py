@@ -1,0 +1,427 @@
+"""RabbitMQ runtime shared by the services, on pika's asynchronous SelectConnection.
+
+The rules it keeps for every service:
+- Every publish is persistent, mandatory and confirmed; `on_confirmed` runs once the broker has it.
+  Confirms are pipelined: many publishes are in flight at once, none waits for a round trip.
+- A delivery is acked only when the worker calls `delivery.ack()`, i.e. once its effect exists.
+  Acks of consecutive deliveries are coalesced into one `multiple=True` ack per loop turn.
+- Bad input goes to `<queue>.dlq` with its reason in a header; the original is acked once the
+  dead-letter copy is confirmed, so a rejected message is never lost and never blocks the queue.
+- A worker bug is logged with its traceback; the batch is retried one message at a time and only
+  the messages that still fail are dead-lettered.
+- Connection lost: the worker drops its in-flight state (the broker redelivers whatever was not
+  acked) and the runner reconnects with capped exponential backoff. Wrong credentials end the run.
+- Consuming and publishing use separate connections, so broker flow control on publishers never
+  stops acks from getting through.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import traceback
+from typing import Callable, Protocol
+
+import pika
+from pika.adapters.select_connection import IOLoop
+from pika.exceptions import AMQPError, ProbableAccessDeniedError, ProbableAuthenticationError
+from pika.spec import Basic
+
+from . import observability
+from .topology import PIPELINE, REASON_HEADER, SOURCE_QUEUE_HEADER, Topology, dead_letter_queue, declare
+
+log = logging.getLogger("mlmonitor.amqp")
+
+PERSISTENT = 2
+HOUSEKEEPING_SECONDS = 0.2
+
+
+class Worker(Protocol):
+    def on_connected(self, session: Session) -> None:
+        """Start consuming or publishing; called after each (re)connect."""
+
+    def on_disconnected(self) -> None:
+        """Forget in-flight deliveries and publishes; the broker redelivers what was not acked."""
+
+
+class Backoff:
+    """Capped exponential backoff: 0.5 s, 1 s, 2 s … up to `cap`."""
+
+    def __init__(self, first: float = 0.5, cap: float = 15.0):
+        self.first = first
+        self.cap = cap
+        self._next = first
+
+    def next_delay(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class Delivery:
+    __slots__ = ("queue", "body", "headers", "redelivered", "tag", "_acks")
+
+    def __init__(self, queue: str, body: bytes, headers: dict | None, redelivered: bool, tag: int, acks: _AckTracker):
+        self.queue = queue
+        self.body = body
+        self.headers = headers or {}
+        self.redelivered = redelivered
+        self.tag = tag
+        self._acks = acks
+
+    def ack(self) -> None:
+        self._acks.done(self.tag)
+
+
+class _AckTracker:
+    """Acks finished deliveries of one channel: the finished prefix with one multiple=True ack, and
+    finished deliveries behind an unfinished one singly, so a slow delivery never fills the prefetch."""
+
+    def __init__(self, channel, ioloop: IOLoop):
+        self._channel = channel
+        self._ioloop = ioloop
+        self._outstanding: dict[int, bool] = {}  # tag -> finished, in delivery order
+        self._finished_behind_gap: list[int] = []
+        self._flush_scheduled = False
+        self.active = True
+
+    def received(self, tag: int) -> None:
+        self._outstanding[tag] = False
+
+    def done(self, tag: int) -> None:
+        if not self.active or tag not in self._outstanding:
+            return
+        self._outstanding[tag] = True
+        self._finished_behind_gap.append(tag)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._ioloop.call_later(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self.active or not self._channel.is_open:
+            return
+        last_of_prefix = None
+        for tag, finished in self._outstanding.items():
+            if not finished:
+                break
+            last_of_prefix = tag
+        if last_of_prefix is not None:
+            while self._outstanding:
+                tag = next(iter(self._outstanding))
+                if tag > last_of_prefix:
+                    break
+                del self._outstanding[tag]
+            self._channel.basic_ack(last_of_prefix, multiple=True)
+        for tag in self._finished_behind_gap:
+            if tag in self._outstanding:
+                del self._outstanding[tag]
+                self._channel.basic_ack(tag)
+        self._finished_behind_gap.clear()
+
+
+class _Consumer:
+    """Collects the deliveries of one loop turn and hands them to the worker as one batch."""
+
+    def __init__(self, session: Session, queue: str, on_batch: Callable[[list[Delivery]], None], channel):
+        self._session = session
+        self._queue = queue
+        self._on_batch = on_batch
+        self._channel = channel
+        self.acks = _AckTracker(channel, session.ioloop)
+        self._batch: list[Delivery] = []
+        self._consumed = observability.MESSAGES_CONSUMED.labels(queue)
+        self._batch_seconds = observability.BATCH_SECONDS.labels(queue)
+
+    def on_message(self, _channel, method, properties, body: bytes) -> None:
+        self.acks.received(method.delivery_tag)
+        self._batch.append(Delivery(self._queue, body, properties.headers, method.redelivered,
+                                    method.delivery_tag, self.acks))
+        if len(self._batch) == 1:
+            self._session.ioloop.call_later(0, self._dispatch)
+
+    def _dispatch(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch or not self._session.is_open:
+            return
+        self._consumed.inc(len(batch))
+        started = time.perf_counter()
+        try:
+            self._on_batch(batch)
+        except Exception:
+            log.error("bug while processing a batch of %d from %s; retrying one by one:\n%s",
+                      len(batch), self._queue, traceback.format_exc().rstrip())
+            self._retry_one_by_one(batch)
+        self._batch_seconds.observe(time.perf_counter() - started)
+
+    def _retry_one_by_one(self, batch: list[Delivery]) -> None:
+        for delivery in batch:
+            try:
+                self._on_batch([delivery])
+            except Exception as error:  # a bug: keep the message in the DLQ rather than loop on it
+                log.exception("bug while processing a message from %s", self._queue)
+                self._session.dead_letter(delivery, f"processing error: {type(error).__name__}: {error}")
+
+
+class _Publisher:
+    """Publishes persistent, mandatory messages with pipelined confirms, tracked per sequence number."""
+
+    def __init__(self, session: Session, channel):
+        self._session = session
+        self._channel = channel
+        self._sequence = 0
+        self._pending: dict[int, tuple[str, str, bytes, dict | None, Callable[[], None] | None]] = {}
+        self._returned = False
+        channel.confirm_delivery(self._on_confirm)
+        channel.add_on_return_callback(self._on_return)
+
+    @property
+    def unconfirmed(self) -> int:
+        return len(self._pending)
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, headers: dict | None,
+                on_confirmed: Callable[[], None] | None) -> None:
+        properties = pika.BasicProperties(delivery_mode=PERSISTENT, content_type="application/json",
+                                          headers=headers)
+        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+        self._sequence += 1
+        self._pending[self._sequence] = (exchange, routing_key, body, headers, on_confirmed)
+
+    def _on_confirm(self, frame) -> None:
+        method = frame.method
+        if method.multiple:
+            tags = []
+            for tag in self._pending:
+                if tag > method.delivery_tag:
+                    break
+                tags.append(tag)
+        else:
+            tags = [method.delivery_tag] if method.delivery_tag in self._pending else []
+        entries = [self._pending.pop(tag) for tag in tags]
+        if self._returned:
+            return  # an unroutable message is among these; the session restarts and work is redone
+        if isinstance(method, Basic.Nack):
+            log.warning("broker refused %d message(s); publishing them again", len(entries))
+            for exchange, routing_key, body, headers, on_confirmed in entries:
+                self.publish(exchange, routing_key, body, headers, on_confirmed)
+            return
+        for exchange, routing_key, _body, _headers, on_confirmed in entries:
+            observability.MESSAGES_PUBLISHED.labels(exchange or routing_key).inc()
+            if on_confirmed is not None:
+                self._session.run_safely(on_confirmed)
+
+    def _on_return(self, _channel, method, _properties, _body) -> None:
+        log.error("message to exchange %r, routing key %r was unroutable (%s); reconnecting to redeclare",
+                  method.exchange, method.routing_key, method.reply_text)
+        self._returned = True
+        self._session.close()
+
+
+class Session:
+    """One connected period: a consuming and a publishing connection on one IO loop.
+
+    Everything the worker gets from a session (deliveries, timers, confirms) is void once the
+    session closes, and the IO loop with its pending timers is dropped; the worker learns that
+    through `on_disconnected`.
+    """
+
+    def __init__(self, runner: ServiceRunner, parameters: pika.URLParameters):
+        self.runner = runner
+        self.ioloop = IOLoop()
+        self.is_open = False
+        self._closing = False
+        self._consumers: list[_Consumer] = []
+        self._publisher: _Publisher | None = None
+        self.failure: BaseException | None = None
+        self._connections = [
+            pika.SelectConnection(parameters, on_open_callback=self._on_connection_open,
+                                  on_open_error_callback=self._on_connection_failed,
+                                  on_close_callback=self._on_connection_closed, custom_ioloop=self.ioloop)
+            for _ in range(2)
+        ]
+        self._consume_connection, self._publish_connection = self._connections
+        self._opened = 0
+
+    # --- the worker's API -------------------------------------------------------------------
+
+    def consume(self, queue: str, on_batch: Callable[[list[Delivery]], None], prefetch: int) -> None:
+        def on_channel_open(channel):
+            channel.add_on_close_callback(self._on_channel_closed)
+            consumer = _Consumer(self, queue, on_batch, channel)
+            self._consumers.append(consumer)
+            channel.basic_qos(prefetch_count=prefetch,
+                              callback=lambda _frame: channel.basic_consume(queue, consumer.on_message))
+
+        self._consume_connection.channel(on_open_callback=on_channel_open)
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, on_confirmed: Callable[[], None] | None = None,
+                headers: dict | None = None) -> None:
+        self._publisher.publish(exchange, routing_key, body, headers, on_confirmed)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        dlq = dead_letter_queue(delivery.queue)
+        headers = dict(delivery.headers)
+        headers.update({REASON_HEADER: reason, SOURCE_QUEUE_HEADER: delivery.queue})
+        self.runner.rejections.event("rejected a message from %s into %s: %s", delivery.queue, dlq, reason)
+        observability.MESSAGES_DEAD_LETTERED.labels(delivery.queue).inc()
+        self._publisher.publish("", dlq, delivery.body, headers, delivery.ack)
+
+    @property
+    def unconfirmed(self) -> int:
+        return self._publisher.unconfirmed if self._publisher else 0
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Runs `callback` after `delay` seconds unless the session has closed by then."""
+
+        def fire():
+            if self.is_open:
+                self.run_safely(callback)
+
+        self.ioloop.call_later(delay, fire)
+
+    def every(self, interval: float, callback: Callable[[], None]) -> None:
+        def tick():
+            callback()
+            self.call_later(interval, tick)
+
+        self.call_later(interval, tick)
+
+    def stop(self, exit_code: int = 0) -> None:
+        """Ends the service: closes the session and makes the runner return `exit_code`."""
+        self.runner.request_stop(exit_code)
+        self.close()
+
+    def run_safely(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception("bug in a callback; the service keeps going")
+
+    # --- connection lifecycle ---------------------------------------------------------------
+
+    def _on_connection_open(self, _connection) -> None:
+        self._opened += 1
+        if self._opened == len(self._connections):
+            self._publish_connection.channel(on_open_callback=self._on_publish_channel_open)
+
+    def _on_publish_channel_open(self, channel) -> None:
+        channel.add_on_close_callback(self._on_channel_closed)
+        self._publisher = _Publisher(self, channel)
+        self.is_open = True
+        self._housekeeping()
+        self.run_safely(lambda: self.runner.worker.on_connected(self))
+
+    def _housekeeping(self) -> None:
+        if self.runner.stop_requested:
+            self.close()
+            return
+        self.runner.rejections.flush()
+        self.ioloop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
+
+    def _on_connection_failed(self, _connection, error) -> None:
+        self.failure = error
+        self.close()
+
+    def _on_connection_closed(self, _connection, reason) -> None:
+        if not self._closing:
+            log.warning("lost the connection to RabbitMQ: %s", reason)
+            self.failure = reason
+        self.close()
+
+    def _on_channel_closed(self, channel, reason) -> None:
+        if not self._closing:
+            log.warning("channel %s closed: %s", channel.channel_number, reason)
+            self.failure = reason
+        self.close()
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.is_open = False
+            for consumer in self._consumers:
+                consumer.acks.active = False
+            for connection in self._connections:
+                if not (connection.is_closing or connection.is_closed):
+                    connection.close()
+        if all(connection.is_closed for connection in self._connections):
+            self.ioloop.stop()
+
+
+class ServiceRunner:
+    """Connects, declares the topology, runs the worker, reconnects when the broker goes away."""
+
+    def __init__(self, worker: Worker | None, amqp_url: str, topology: Topology = PIPELINE,
+                 backoff: Backoff | None = None):
+        from .logs import EventLog
+
+        self.worker = worker
+        self.parameters = pika.URLParameters(amqp_url)
+        self.topology = topology
+        self.backoff = backoff or Backoff()
+        self.stop_requested = False
+        self.exit_code = 0
+        self.rejections = EventLog(log, "messages dead-lettered")
+
+    def request_stop(self, exit_code: int = 0) -> None:
+        self.stop_requested = True
+        self.exit_code = exit_code
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.request_stop(0))
+
+    def run(self) -> int:
+        where = f"{self.parameters.host}:{self.parameters.port} vhost {self.parameters.virtual_host!r}"
+        attempt = 0
+        while not self.stop_requested:
+            try:
+                self._declare_topology()
+            except (ProbableAuthenticationError, ProbableAccessDeniedError) as error:
+                log.error("RabbitMQ at %s refused our credentials: %r; giving up", where, error)
+                return 2
+            except (AMQPError, OSError) as error:
+                attempt += 1
+                delay = self.backoff.next_delay()
+                log.warning("waiting for RabbitMQ at %s (attempt %d): %s; retrying in %.1fs",
+                            where, attempt, type(error).__name__, delay)
+                self._sleep(delay)
+                continue
+            if attempt:
+                observability.RECONNECTS.inc()
+                log.info("connected to RabbitMQ at %s", where)
+            attempt = 0
+            connected_at = time.monotonic()
+            session = Session(self, self.parameters)
+            session.ioloop.start()
+            self.worker.on_disconnected()
+            if self.stop_requested:
+                break
+            if time.monotonic() - connected_at > 30:
+                self.backoff.reset()
+            attempt = 1
+            self._sleep(self.backoff.next_delay())
+        return self.exit_code
+
+    def _declare_topology(self) -> None:
+        connection = pika.BlockingConnection(self.parameters)
+        try:
+            declare(connection.channel(), self.topology)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < deadline:
+            time.sleep(min(0.1, deadline - time.monotonic()))
+
+
+def run_worker(worker: Worker, amqp_url: str, topology: Topology = PIPELINE) -> int:
+    runner = ServiceRunner(worker, amqp_url, topology)
+    runner.install_signal_handlers()
+    return runner.run()
+

@@ -1,0 +1,137 @@
+"""`logs/metric_log.csv`: one row per joined id, header `id,y_true,y_pred,absolute_error`.
+
+Only metric writes it, appending and never truncating; plot and the dashboard read it to restore
+their state. A row reaches the disk (fsync) before the messages behind it are acked, and each batch
+of rows is one write(2), so a killed writer leaves at most an unfinished last line, which the next
+writer removes (its messages were not acked and come back).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+HEADER = ("id", "y_true", "y_pred", "absolute_error")
+HEADER_LINE = ",".join(HEADER) + "\n"
+
+log = logging.getLogger("mlmonitor.metric_log")
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    id: str
+    y_true: float
+    y_pred: float
+    absolute_error: float
+
+    @classmethod
+    def from_pair(cls, id: str, y_true: float, y_pred: float) -> MetricRow:
+        return cls(id, y_true, y_pred, abs(y_true - y_pred))
+
+
+class MetricLogError(RuntimeError):
+    pass
+
+
+def format_rows(rows: Iterable[MetricRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in rows:
+        writer.writerow((row.id, repr(row.y_true), repr(row.y_pred), repr(row.absolute_error)))
+    return buffer.getvalue()
+
+
+def read_rows(path: Path) -> Iterator[MetricRow]:
+    """Yields the complete rows of the log; a missing file has none, an unfinished last line is skipped."""
+    try:
+        handle = open(path, newline="", encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with handle:
+        header = handle.readline()
+        if not header:
+            return
+        if header != HEADER_LINE:
+            raise MetricLogError(f"{path} starts with {header.strip()!r}, expected {HEADER_LINE.strip()!r}")
+        for line_number, fields in enumerate(csv.reader(_complete_lines(handle)), start=2):
+            try:
+                row = MetricRow(fields[0], float(fields[1]), float(fields[2]), float(fields[3]))
+            except (IndexError, ValueError):
+                log.warning("%s:%d is not a metric row; skipped: %r", path, line_number, fields)
+                continue
+            if math.isfinite(row.absolute_error):
+                yield row
+
+
+def _complete_lines(lines: Iterable[str]) -> Iterator[str]:
+    for line in lines:
+        if not line.endswith("\n"):
+            return  # being written right now, or left unfinished by a killed writer
+        yield line
+
+
+class MetricLogWriter:
+    """Appends rows, at most one per id, and makes them durable before returning."""
+
+    def __init__(self, path: Path, fsync: bool = True):
+        self.path = Path(path)
+        self._fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_unfinished_last_line()
+        self.written_ids: set[str] = {row.id for row in read_rows(self.path)}
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if os.fstat(self._fd).st_size == 0:
+            self._write(HEADER_LINE.encode())
+
+    def append(self, rows: Iterable[MetricRow]) -> list[MetricRow]:
+        """Writes the rows whose id is new and returns them; rows for ids already written are skipped."""
+        fresh: list[MetricRow] = []
+        for row in rows:
+            if row.id not in self.written_ids:
+                self.written_ids.add(row.id)
+                fresh.append(row)
+        if fresh:
+            size_before = os.fstat(self._fd).st_size
+            try:
+                self._write(format_rows(fresh).encode())
+            except OSError:
+                # e.g. a full disk: take back any part of the batch, so no half row stays behind
+                os.ftruncate(self._fd, size_before)
+                self.written_ids.difference_update(row.id for row in fresh)
+                raise
+        return fresh
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        if self._fsync:
+            os.fsync(self._fd)
+
+    def _remove_unfinished_last_line(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size == 0:
+            return
+        with open(self.path, "rb+") as handle:
+            handle.seek(max(0, size - 65536))
+            tail = handle.read()
+            if tail.endswith(b"\n"):
+                return
+            cut = tail.rfind(b"\n")
+            keep = size - len(tail) + cut + 1 if cut >= 0 else 0
+            log.warning("%s ends with an unfinished row (%d bytes); removing it, its messages come back",
+                        self.path, size - keep)
+            handle.truncate(keep)

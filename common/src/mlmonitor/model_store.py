@@ -1,0 +1,110 @@
+"""The trained model in `models/`: `model.skops` (the estimator) and `model_card.json` (what it is).
+
+skops stores an estimator without pickle, and loading accepts only types it trusts, so a
+tampered file cannot run code. The card carries the artifact's SHA-256, which doubles as the
+model version and catches a truncated or swapped artifact. The card is written last: once it is
+there, the model is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ARTIFACT_NAME = "model.skops"
+CARD_NAME = "model_card.json"
+
+
+class ModelNotReady(RuntimeError):
+    """No complete model in the folder yet."""
+
+
+class ModelCorrupt(RuntimeError):
+    """A model is there but can't be used; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    version: str
+    trained_at: str
+    estimator: str
+    feature_names: list[str]
+    holdout_mae: float
+    holdout_rmse: float
+    holdout_r2: float
+    train_rows: int
+    holdout_rows: int
+    sklearn_version: str
+    artifact_sha256: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def save_model(models_dir: Path, estimator, card: ModelCard) -> ModelCard:
+    """Writes the artifact, then the card; returns the card with version and checksum filled in."""
+    import skops.io
+
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    artifact = skops.io.dumps(estimator)
+    digest = hashlib.sha256(artifact).hexdigest()
+    card = ModelCard(**{**asdict(card), "artifact_sha256": digest, "version": digest[:12]})
+    (models_dir / CARD_NAME).unlink(missing_ok=True)
+    _write_atomically(models_dir / ARTIFACT_NAME, artifact)
+    _write_atomically(models_dir / CARD_NAME, json.dumps(asdict(card), indent=2).encode())
+    return card
+
+
+def read_card(models_dir: Path) -> ModelCard:
+    card_path = Path(models_dir) / CARD_NAME
+    try:
+        raw = json.loads(card_path.read_text())
+        return ModelCard(**raw)
+    except FileNotFoundError:
+        raise ModelNotReady(f"no model card at {card_path} yet (has learn_model run?)") from None
+    except (ValueError, TypeError) as error:
+        raise ModelCorrupt(f"{card_path} is not a valid model card: {error}") from None
+
+
+def load_model(models_dir: Path):
+    """Returns (estimator, card). Raises ModelNotReady or ModelCorrupt with a one-line reason."""
+    import skops.io
+
+    card = read_card(models_dir)
+    artifact_path = Path(models_dir) / ARTIFACT_NAME
+    try:
+        artifact = artifact_path.read_bytes()
+    except FileNotFoundError:
+        raise ModelNotReady(f"{artifact_path} is missing although its card exists") from None
+    digest = hashlib.sha256(artifact).hexdigest()
+    if digest != card.artifact_sha256:
+        raise ModelCorrupt(f"{artifact_path} does not match its card (sha256 {digest[:12]}, "
+                           f"expected {card.artifact_sha256[:12]}); run learn_model again")
+    try:
+        untrusted = skops.io.get_untrusted_types(data=artifact)
+        if untrusted:
+            raise ModelCorrupt(f"{artifact_path} holds types we do not trust to load: {', '.join(untrusted)}")
+        estimator = skops.io.loads(artifact)
+    except ModelCorrupt:
+        raise
+    except Exception as error:
+        raise ModelCorrupt(f"{artifact_path} can't be loaded: {type(error).__name__}: {error}") from None
+    if getattr(estimator, "n_features_in_", card.n_features) != card.n_features:
+        raise ModelCorrupt(f"{artifact_path} expects {estimator.n_features_in_} features, its card says "
+                           f"{card.n_features}")
+    return estimator, card

@@ -1,0 +1,67 @@
+"""Names of every queue and exchange, and the declarations every service makes at connect.
+
+Work queues are durable and reached through the default exchange (routing key = queue name),
+as the course convention expects. Events go through the fanout exchange `metric_events`, so any
+number of services can subscribe; plot's queue keeps the seed's name `metric_added`.
+Each work queue has a dead-letter queue `<queue>.dlq` holding rejected messages with their reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FEATURES = "features"
+Y_TRUE = "y_true"
+Y_PRED = "y_pred"
+METRIC_EVENTS_EXCHANGE = "metric_events"
+METRIC_ADDED = "metric_added"
+
+REASON_HEADER = "x-rejection-reason"
+SOURCE_QUEUE_HEADER = "x-source-queue"
+
+
+def dead_letter_queue(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    bind_to: str | None = None  # exchange whose messages this queue receives
+    dead_letters: bool = True
+
+    @property
+    def dlq(self) -> str:
+        return dead_letter_queue(self.name)
+
+
+@dataclass(frozen=True)
+class Topology:
+    exchanges: tuple[str, ...]
+    queues: tuple[QueueSpec, ...]
+
+    def with_queue(self, queue: QueueSpec) -> Topology:
+        return Topology(self.exchanges, self.queues + (queue,))
+
+
+PIPELINE = Topology(
+    exchanges=(METRIC_EVENTS_EXCHANGE,),
+    queues=(
+        QueueSpec(FEATURES),
+        QueueSpec(Y_TRUE),
+        QueueSpec(Y_PRED),
+        QueueSpec(METRIC_ADDED, bind_to=METRIC_EVENTS_EXCHANGE),
+    ),
+)
+
+
+def declare(channel, topology: Topology = PIPELINE) -> None:
+    """Declares everything on a pika BlockingChannel. Idempotent, so every service does it at connect."""
+    for exchange in topology.exchanges:
+        channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
+    for queue in topology.queues:
+        channel.queue_declare(queue.name, durable=True)
+        if queue.dead_letters:
+            channel.queue_declare(queue.dlq, durable=True)
+        if queue.bind_to:
+            channel.queue_bind(queue.name, queue.bind_to)

@@ -1,0 +1,243 @@
+"""Joins `y_true` with `y_pred` by id, appends one row per id to `logs/metric_log.csv` and
+publishes `metric_added` to the `metric_events` exchange.
+
+Both halves stay unacked until the row is on disk and the event is confirmed, so a crash at any
+point redelivers them; the log remembers which ids it holds, so a redelivered pair writes no
+second row (its event is published again, and subscribers drop ids they have already counted).
+A half whose partner does not come (see JoinBuffer) is dead-lettered with that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from prometheus_client import Counter, Gauge
+from pydantic import Field
+
+from mlmonitor.amqp import Delivery, Session, run_worker
+from mlmonitor.logs import EventLog, configure_logging
+from mlmonitor.messages import InvalidMessage, MetricAdded, PredictionMessage, TargetMessage, decode
+from mlmonitor.metric_log import MetricLogWriter, MetricRow
+from mlmonitor.observability import serve_metrics
+from mlmonitor.settings import ConsumerSettings, load_settings
+from mlmonitor.topology import METRIC_ADDED, METRIC_EVENTS_EXCHANGE, Y_PRED, Y_TRUE
+
+log = logging.getLogger("metric")
+
+JOIN_BUFFER_HALVES = Gauge("mlmonitor_join_buffer_halves", "Halves waiting in metric's join buffer for their partner.")
+EXPIRED_HALVES = Counter("mlmonitor_join_expired_halves_total", "Halves dead-lettered because no partner came.", ["queue"])
+ROWS_WRITTEN = Counter("mlmonitor_metric_rows_written_total", "Rows appended to the metric log.")
+
+MESSAGE_TYPES = {Y_TRUE: TargetMessage, Y_PRED: PredictionMessage}
+
+
+class Settings(ConsumerSettings):
+    logs_dir: Path = Field(Path("logs"), description="Folder of metric_log.csv.")
+    join_ttl_seconds: float = Field(
+        60.0, gt=0, description="Seconds of traffic on the partner's queue a half waits for its partner.")
+    join_max_wait_seconds: float = Field(600.0, gt=0, description="Longest a half waits, traffic or not.")
+    prefetch: int = Field(1000, ge=1, le=65535, description="Unacked messages per queue; bounds the join buffer.")
+    fsync: bool = Field(True, description="fsync each batch of rows before acking (turn off only for experiments).")
+
+
+Ack = TypeVar("Ack")
+
+
+@dataclass
+class Half(Generic[Ack]):
+    message: TargetMessage | PredictionMessage
+    arrived_at: float
+    partner_traffic_at_arrival: float
+    deliveries: list[Ack] = field(default_factory=list)
+
+
+@dataclass
+class Pair(Generic[Ack]):
+    y_true: TargetMessage
+    y_pred: PredictionMessage
+    deliveries: list[Ack]
+
+    @property
+    def id(self) -> str:
+        return self.y_true.id
+
+    def row(self) -> MetricRow:
+        return MetricRow.from_pair(self.id, self.y_true.body, self.y_pred.body)
+
+    def event(self) -> MetricAdded:
+        row = self.row()
+        return MetricAdded(id=row.id, y_true=row.y_true, y_pred=row.y_pred, absolute_error=row.absolute_error,
+                           model_version=self.y_pred.model_version, sent_at=self.y_true.sent_at)
+
+
+class TrafficClock:
+    """Seconds during which a queue kept delivering: a gap longer than `max_gap` counts as
+    `max_gap`, so the clock stands still while the queue is idle (say, while the model is down)."""
+
+    def __init__(self, max_gap: float = 1.0):
+        self.seconds = 0.0
+        self._max_gap = max_gap
+        self._last: float | None = None
+
+    def tick(self, now: float) -> None:
+        if self._last is not None:
+            self.seconds += min(max(0.0, now - self._last), self._max_gap)
+        self._last = now
+
+
+class JoinBuffer(Generic[Ack]):
+    """Holds each half until its partner arrives.
+
+    A half expires once its partner's queue has delivered for `ttl` seconds without the partner,
+    or after `max_wait` seconds in any case. Measuring the TTL in partner traffic means an outage
+    upstream (the model restarting, a backlog draining) delays halves without expiring them.
+    A repeated half (a redelivery or a duplicate publish) joins the half already waiting, so all
+    its deliveries are acked together when the pair completes.
+    """
+
+    def __init__(self, ttl: float, max_wait: float):
+        self.ttl = ttl
+        self.max_wait = max_wait
+        self._waiting: dict[str, dict[str, Half[Ack]]] = {Y_TRUE: {}, Y_PRED: {}}
+        self._traffic = {Y_TRUE: TrafficClock(), Y_PRED: TrafficClock()}
+
+    def __len__(self) -> int:
+        return sum(len(halves) for halves in self._waiting.values())
+
+    def add(self, queue: str, message, delivery: Ack, now: float) -> Pair[Ack] | None:
+        self._traffic[queue].tick(now)
+        partner_queue = partner_of(queue)
+        partner = self._waiting[partner_queue].pop(message.id, None)
+        if partner is None:
+            half = self._waiting[queue].get(message.id)
+            if half is None:
+                half = Half(message, now, self._traffic[partner_queue].seconds)
+                self._waiting[queue][message.id] = half
+            half.deliveries.append(delivery)
+            return None
+        own = self._waiting[queue].pop(message.id, None)
+        deliveries = partner.deliveries + (own.deliveries if own else []) + [delivery]
+        if queue == Y_TRUE:
+            return Pair(message, partner.message, deliveries)
+        return Pair(partner.message, message, deliveries)
+
+    def expire(self, now: float) -> list[tuple[str, Half[Ack]]]:
+        """Removes and returns the halves that waited too long, oldest first."""
+        expired = []
+        for queue, halves in self._waiting.items():
+            partner_traffic = self._traffic[partner_of(queue)].seconds
+            while halves:
+                oldest = halves[next(iter(halves))]
+                waited_for_traffic = partner_traffic - oldest.partner_traffic_at_arrival >= self.ttl
+                if not waited_for_traffic and now - oldest.arrived_at < self.max_wait:
+                    break
+                expired.append((queue, halves.pop(oldest.message.id)))
+        return expired
+
+    def clear(self) -> None:
+        for halves in self._waiting.values():
+            halves.clear()
+
+
+def partner_of(queue: str) -> str:
+    return Y_PRED if queue == Y_TRUE else Y_TRUE
+
+
+class MetricJoiner:
+    def __init__(self, settings: Settings, metric_log: MetricLogWriter, clock=time.monotonic):
+        self._settings = settings
+        self._log = metric_log
+        self._clock = clock
+        self._buffer: JoinBuffer[Delivery] = JoinBuffer(settings.join_ttl_seconds, settings.join_max_wait_seconds)
+        self._unwritten: list[Pair[Delivery]] = []
+        self._session: Session | None = None
+        self._rows = EventLog(log, "rows written")
+
+    def on_connected(self, session: Session) -> None:
+        self._session = session
+        session.consume(Y_TRUE, self.on_batch, self._settings.prefetch)
+        session.consume(Y_PRED, self.on_batch, self._settings.prefetch)
+        session.every(1.0, self._expire_halves)
+        session.every(1.0, self._retry_unwritten)
+        session.every(1.0, self._rows.flush)
+
+    def on_disconnected(self) -> None:
+        self._session = None
+        self._buffer.clear()
+        self._unwritten.clear()
+        JOIN_BUFFER_HALVES.set(0)
+
+    def on_batch(self, deliveries: list[Delivery]) -> None:
+        now = self._clock()
+        pairs = []
+        for delivery in deliveries:
+            try:
+                message = decode(MESSAGE_TYPES[delivery.queue], delivery.body)
+            except InvalidMessage as invalid:
+                self._session.dead_letter(delivery, invalid.reason)
+                continue
+            pair = self._buffer.add(delivery.queue, message, delivery, now)
+            if pair is not None:
+                pairs.append(pair)
+        JOIN_BUFFER_HALVES.set(len(self._buffer))
+        if pairs:
+            self._write_and_publish(pairs)
+
+    def _write_and_publish(self, pairs: list[Pair[Delivery]]) -> None:
+        try:
+            written = self._log.append(pair.row() for pair in pairs)
+        except OSError as error:
+            log.error("can't write %s: %s; holding %d rows unacked and retrying every second",
+                      self._log.path, error, len(pairs))
+            self._unwritten.extend(pairs)
+            return
+        ROWS_WRITTEN.inc(len(written))
+        for row in written:
+            self._rows.event("wrote row %s: y_true %.1f, y_pred %.1f, absolute error %.2f",
+                             row.id, row.y_true, row.y_pred, row.absolute_error)
+        for pair in pairs:
+            self._session.publish(METRIC_EVENTS_EXCHANGE, METRIC_ADDED, pair.event().encode(),
+                                  on_confirmed=lambda deliveries=pair.deliveries: _ack_all(deliveries))
+
+    def _retry_unwritten(self) -> None:
+        if self._unwritten:
+            pairs, self._unwritten = self._unwritten, []
+            self._write_and_publish(pairs)
+
+    def _expire_halves(self) -> None:
+        for queue, half in self._buffer.expire(self._clock()):
+            if half.message.id in self._log.written_ids:
+                _ack_all(half.deliveries)  # a late duplicate of a pair already written
+                continue
+            EXPIRED_HALVES.labels(queue).inc()
+            reason = (f"no {partner_of(queue)} with id {half.message.id} arrived within "
+                      f"{self._buffer.ttl:g}s of traffic ({self._clock() - half.arrived_at:.0f}s in all)")
+            for delivery in half.deliveries:
+                self._session.dead_letter(delivery, reason)
+        JOIN_BUFFER_HALVES.set(len(self._buffer))
+
+
+def _ack_all(deliveries: list[Delivery]) -> None:
+    for delivery in deliveries:
+        delivery.ack()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings(Settings, argv, prog="metric")
+    configure_logging("metric", settings.log_level)
+    serve_metrics(settings.metrics_port, log)
+    metric_log = MetricLogWriter(settings.logs_dir / "metric_log.csv", fsync=settings.fsync)
+    log.info("appending to %s, which holds %d rows", metric_log.path, len(metric_log.written_ids))
+    try:
+        return run_worker(MetricJoiner(settings, metric_log), settings.amqp_url)
+    finally:
+        metric_log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Keeps `logs/error_distribution.png`, the histogram of absolute errors, current.
+
+At start it restores its data from `logs/metric_log.csv`; then each `metric_added` event adds one
+error. The histogram is updated in place (O(1) per event, whatever the history), redraws are
+coalesced to at most one per `--redraw-seconds`, and the PNG is replaced atomically. An event is
+acked once a PNG that includes it is in place. Ids already counted are skipped, so a redelivered
+event is never counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+from mlmonitor.amqp import Delivery, Session, run_worker  # noqa: E402
+from mlmonitor.logs import EventLog, configure_logging  # noqa: E402
+from mlmonitor.messages import InvalidMessage, MetricAdded, decode  # noqa: E402
+from mlmonitor.metric_log import read_rows  # noqa: E402
+from mlmonitor.observability import serve_metrics  # noqa: E402
+from mlmonitor.settings import ConsumerSettings, load_settings  # noqa: E402
+from mlmonitor.topology import METRIC_ADDED  # noqa: E402
+
+log = logging.getLogger("plot")
+
+
+class Settings(ConsumerSettings):
+    logs_dir: Path = Field(Path("logs"), description="Folder of metric_log.csv and error_distribution.png.")
+    redraw_seconds: float = Field(0.5, gt=0, description="Shortest time between two redraws.")
+    prefetch: int = Field(5000, ge=1, le=65535, description="Unacked events; must cover one redraw interval.")
+
+
+class ErrorHistogram:
+    """Counts of absolute errors in `bins` equal bins from 0.
+
+    When an error falls past the last bin, the bin width doubles and neighbouring bins merge,
+    which keeps the counts exact: adding an error costs O(1) however long the history is.
+    """
+
+    def __init__(self, bins: int = 40, initial_width: float = 5.0):
+        if bins % 2:
+            raise ValueError("bins must be even, so that neighbours can merge")
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.width = initial_width
+        self.count = 0
+        self.total = 0.0
+        self.maximum = 0.0
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.arange(len(self.counts) + 1) * self.width
+
+    def add(self, error: float) -> None:
+        self.add_many(np.array([error], dtype=float))
+
+    def add_many(self, errors: np.ndarray) -> None:
+        if errors.size == 0:
+            return
+        if np.any(errors < 0) or not np.all(np.isfinite(errors)):
+            raise ValueError("absolute errors must be finite and non-negative")
+        largest = float(errors.max())
+        while largest >= self.width * len(self.counts):
+            self._double_width()
+        bins = (errors // self.width).astype(np.int64)
+        self.counts += np.bincount(bins, minlength=len(self.counts))
+        self.count += int(errors.size)
+        self.total += float(errors.sum())
+        self.maximum = max(self.maximum, largest)
+
+    def _double_width(self) -> None:
+        self.counts = np.concatenate([self.counts.reshape(-1, 2).sum(axis=1),
+                                      np.zeros(len(self.counts) // 2, dtype=np.int64)])
+        self.width *= 2
+
+
+def render_histogram(histogram: ErrorHistogram, path: Path) -> None:
+    """Draws the histogram and replaces `path` atomically: readers see the old PNG or the new one."""
+    figure = Figure(figsize=(8, 5), dpi=100)
+    axes = figure.add_subplot()
+    shown = max(int(np.flatnonzero(histogram.counts)[-1]) + 1 if histogram.count else 1, 10)
+    axes.stairs(histogram.counts[:shown], histogram.edges[:shown + 1], fill=True, color="tab:blue", alpha=0.8)
+    if histogram.count:
+        axes.axvline(histogram.mean, color="tab:red", linestyle="--", label=f"mean {histogram.mean:.2f}")
+        axes.legend(loc="upper right")
+    axes.set_title("Distribution of absolute errors |y_true − y_pred|")
+    axes.set_xlabel("absolute error")
+    axes.set_ylabel("events")
+    axes.text(0.02, 0.97, f"events: {histogram.count}\nmean: {histogram.mean:.2f}\nmax: {histogram.maximum:.2f}\n"
+              f"updated {datetime.now():%Y-%m-%d %H:%M:%S}", transform=axes.transAxes, va="top",
+              bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
+    axes.set_ylim(0, max(1, int(histogram.counts.max())) * 1.3)  # headroom for the text box
+    axes.grid(alpha=0.3)
+    temporary = path.with_name(f".{path.name}.tmp")
+    figure.savefig(temporary, format="png")
+    os.replace(temporary, path)
+
+
+class HistogramPlotter:
+    def __init__(self, settings: Settings, render=render_histogram):
+        self._settings = settings
+        self._render = render
+        self.png_path = settings.logs_dir / "error_distribution.png"
+        self.histogram = ErrorHistogram()
+        self.counted_ids: set[str] = set()
+        self._waiting_for_redraw: list[Delivery] = []
+        self._changed = False
+        self._session: Session | None = None
+        self._redraws = EventLog(log, "redraws")
+
+    def restore(self, csv_path: Path) -> None:
+        started = time.perf_counter()
+        errors = []
+        for row in read_rows(csv_path):
+            if row.id not in self.counted_ids:
+                self.counted_ids.add(row.id)
+                errors.append(row.absolute_error)
+        self.histogram.add_many(np.array(errors, dtype=float))
+        self._settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._render(self.histogram, self.png_path)
+        log.info("restored %d errors from %s in %.2fs; drew %s", self.histogram.count, csv_path,
+                 time.perf_counter() - started, self.png_path)
+
+    def on_connected(self, session: Session) -> None:
+        self._session = session
+        session.consume(METRIC_ADDED, self.on_batch, self._settings.prefetch)
+        session.every(self._settings.redraw_seconds, self.redraw_if_changed)
+        session.every(1.0, self._redraws.flush)
+
+    def on_disconnected(self) -> None:
+        self._session = None
+        self._waiting_for_redraw.clear()
+
+    def on_batch(self, deliveries: list[Delivery]) -> None:
+        errors = []
+        for delivery in deliveries:
+            try:
+                event = decode(MetricAdded, delivery.body)
+            except InvalidMessage as invalid:
+                self._session.dead_letter(delivery, invalid.reason)
+                continue
+            if event.id not in self.counted_ids:
+                self.counted_ids.add(event.id)
+                errors.append(event.absolute_error)
+            self._waiting_for_redraw.append(delivery)
+        if errors:
+            self.histogram.add_many(np.array(errors, dtype=float))
+            self._changed = True
+
+    def redraw_if_changed(self) -> None:
+        if not self._waiting_for_redraw:
+            return
+        if self._changed:
+            try:
+                self._render(self.histogram, self.png_path)
+            except OSError as error:
+                log.error("can't write %s: %s; keeping %d events unacked until it works", self.png_path, error,
+                          len(self._waiting_for_redraw))
+                return
+            self._changed = False
+            self._redraws.event("redrew %s: %d events, mean absolute error %.2f", self.png_path,
+                                self.histogram.count, self.histogram.mean)
+        acked, self._waiting_for_redraw = self._waiting_for_redraw, []
+        for delivery in acked:
+            delivery.ack()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings(Settings, argv, prog="plot")
+    configure_logging("plot", settings.log_level)
+    serve_metrics(settings.metrics_port, log)
+    plotter = HistogramPlotter(settings)
+    plotter.restore(settings.logs_dir / "metric_log.csv")
+    return run_worker(plotter, settings.amqp_url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

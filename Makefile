@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run   — venv, dependencies, train, start every service (Ctrl-C stops them)
+#   make test  — venv, dependencies, RabbitMQ if down, the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SERVICES := learn_model features model metric plot $(patsubst %/requirements.txt,%,$(wildcard dashboard/requirements.txt))
+REQUIREMENTS := $(foreach s,$(SERVICES),$(s)/requirements.txt)
+
+.PHONY: run test unit bench clean
+
+$(VENV)/.installed: $(REQUIREMENTS) requirements-dev.txt common/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(foreach r,$(REQUIREMENTS),-r $(r)) -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) scripts/run_pipeline.py $(ARGS)
+
+test: $(VENV)/.installed
+	scripts/ensure_rabbitmq.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) logs/*.csv logs/*.png models/model.skops models/model_card.json

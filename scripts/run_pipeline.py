@@ -1,0 +1,124 @@
+"""Runs the whole pipeline locally: trains the model, then starts every service as its own process.
+
+    .venv/bin/python scripts/run_pipeline.py [--rate 5] [--count N]
+
+Each service is started exactly as the README's per-service commands do
+(`<python> <service>/src/<service>.py`), from the repository root, with this process's
+environment (AMQP_URL, LOGS_DIR, MODELS_DIR …). Ctrl-C or SIGTERM stops them all. If one
+service dies, the others are stopped too and the exit code says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONSUMERS = ("model", "metric", "plot")
+OPTIONAL_SERVICES = ("dashboard",)
+
+
+def script_of(service: str) -> Path:
+    return ROOT / service / "src" / f"{service}.py"
+
+
+class Pipeline:
+    """The services as child processes; used by `make run`, the end-to-end tests and the benchmark."""
+
+    def __init__(self, python: str = sys.executable, env: dict[str, str] | None = None,
+                 output_dir: Path | None = None):
+        self.python = python
+        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.output_dir = output_dir  # None: children write to our stdout
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def command(self, service: str, args: list[str] = ()) -> list[str]:
+        return [self.python, str(script_of(service)), *args]
+
+    def start(self, service: str, args: list[str] = ()) -> subprocess.Popen:
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            stdout = open(self.output_dir / f"{service}.log", "ab")
+        else:
+            stdout = None
+        process = subprocess.Popen(self.command(service, list(args)), cwd=ROOT, env=self.env, stdout=stdout,
+                                   stderr=subprocess.STDOUT)
+        if stdout is not None:
+            stdout.close()
+        self.processes[service] = process
+        return process
+
+    def run_to_end(self, service: str, args: list[str] = (), timeout: float = 300) -> int:
+        exit_code = self.start(service, args).wait(timeout)
+        del self.processes[service]
+        return exit_code
+
+    def kill(self, service: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[service]
+        if process.poll() is None:
+            process.send_signal(sig)
+            process.wait(30)
+
+    def dead(self) -> dict[str, int]:
+        return {name: process.returncode for name, process in self.processes.items() if process.poll() is not None}
+
+    def stop_all(self, grace_seconds: float = 10.0) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + grace_seconds
+        for process in self.processes.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", default=os.environ.get("RATE", "1"), help="features: events per second (0: max)")
+    parser.add_argument("--count", default=os.environ.get("COUNT"), help="features: stop after N events")
+    args = parser.parse_args(argv)
+
+    pipeline = Pipeline()
+    stopping = False
+
+    def request_stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    print("run_pipeline: training the model", flush=True)
+    if pipeline.run_to_end("learn_model") != 0:
+        print("run_pipeline: learn_model failed; not starting the services", flush=True)
+        return 1
+    services = list(CONSUMERS) + [name for name in OPTIONAL_SERVICES if script_of(name).exists()]
+    for service in services:
+        pipeline.start(service)
+    feature_args = ["--rate", str(args.rate)] + (["--count", str(args.count)] if args.count else [])
+    features = pipeline.start("features", feature_args)
+    print(f"run_pipeline: started {', '.join(services + ['features'])}; Ctrl-C stops them all", flush=True)
+
+    exit_code = 0
+    while not stopping:
+        dead = {name: code for name, code in pipeline.dead().items() if pipeline.processes[name] is not features}
+        if dead:
+            print(f"run_pipeline: {dead} exited; stopping the rest", flush=True)
+            exit_code = 1
+            break
+        time.sleep(0.2)
+    print("run_pipeline: stopping all services", flush=True)
+    pipeline.stop_all()
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

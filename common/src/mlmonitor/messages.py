@@ -51,7 +51,7 @@ class FeaturesMessage(Message):
 
     id: MessageId
     body: list[FiniteNumber] = Field(min_length=1)
-    sent_at: float | None = None  # unix time the event was produced; optional, for latency figures
+    sent_at: FiniteNumber | None = None  # unix time the event was produced; optional, for latency figures
 
 
 class TargetMessage(Message):
@@ -59,7 +59,7 @@ class TargetMessage(Message):
 
     id: MessageId
     body: FiniteNumber
-    sent_at: float | None = None
+    sent_at: FiniteNumber | None = None
 
 
 class PredictionMessage(Message):
@@ -68,7 +68,7 @@ class PredictionMessage(Message):
     id: MessageId
     body: FiniteNumber
     model_version: str | None = None
-    sent_at: float | None = None
+    sent_at: FiniteNumber | None = None
 
 
 class MetricAdded(Message):
@@ -79,7 +79,7 @@ class MetricAdded(Message):
     y_pred: FiniteNumber
     absolute_error: FiniteNumber
     model_version: str | None = None
-    sent_at: float | None = None
+    sent_at: FiniteNumber | None = None
 
 
 class InvalidMessage(ValueError):

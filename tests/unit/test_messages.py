@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlmonitor.messages import (
+    FeaturesMessage,
+    InvalidMessage,
+    MetricAdded,
+    PredictionMessage,
+    TargetMessage,
+    decode,
+)
+
+
+def test_decodes_a_features_message():
+    message = decode(FeaturesMessage, b'{"id": "a1", "body": [0.03, -0.04, 1], "sent_at": 1700000000.5}')
+    assert message == FeaturesMessage(id="a1", body=[0.03, -0.04, 1.0], sent_at=1700000000.5)
+
+
+def test_decodes_a_target_message():
+    assert decode(TargetMessage, b'{"id": "a1", "body": 151}') == TargetMessage(id="a1", body=151.0)
+
+
+def test_decodes_a_prediction_message():
+    message = decode(PredictionMessage, b'{"id": "a1", "body": 148.2, "model_version": "abc123"}')
+    assert (message.id, message.body, message.model_version) == ("a1", 148.2, "abc123")
+
+
+def test_decodes_a_metric_added_event():
+    raw = b'{"id": "a1", "y_true": 151, "y_pred": 148.5, "absolute_error": 2.5}'
+    assert decode(MetricAdded, raw) == MetricAdded(id="a1", y_true=151.0, y_pred=148.5, absolute_error=2.5)
+
+
+def test_integer_id_becomes_a_string():
+    assert decode(TargetMessage, b'{"id": 42, "body": 1}').id == "42"
+
+
+def test_float_timestamp_id_and_its_string_name_the_same_event():
+    from_number = decode(TargetMessage, b'{"id": 1700000000.123456, "body": 1}')
+    from_string = decode(PredictionMessage, b'{"id": "1700000000.123456", "body": 1}')
+    assert from_number.id == from_string.id == "1700000000.123456"
+
+
+def test_extra_fields_are_ignored():
+    message = decode(TargetMessage, b'{"id": "a1", "body": 1, "producer": "course", "extra": {"x": 1}}')
+    assert message == TargetMessage(id="a1", body=1.0)
+
+
+@pytest.mark.parametrize("message", [
+    FeaturesMessage(id="a1", body=[0.5, -1.25], sent_at=1700000000.25),
+    TargetMessage(id="1700000000.123456", body=151.0),
+    PredictionMessage(id="a,\"1", body=148.2, model_version="abc123"),
+    MetricAdded(id="a1", y_true=151.0, y_pred=148.2, absolute_error=2.8, model_version="v", sent_at=1.5),
+])
+def test_encode_round_trips(message):
+    encoded = message.encode()
+    assert isinstance(encoded, bytes)
+    assert decode(type(message), encoded) == message
+
+
+def test_encode_leaves_out_unset_optional_fields():
+    assert json.loads(TargetMessage(id="a1", body=1.0).encode()) == {"id": "a1", "body": 1.0}
+
+
+@pytest.mark.parametrize("raw, reason_mentions", [
+    (b'{"id": "a1", "body": ', "Invalid JSON"),
+    (b"\xff\xfe", "Invalid JSON"),
+    (b"[1, 2]", "object"),
+    (b'"a1"', "object"),
+    (b'{"body": 1}', "id"),
+    (b'{"id": "a1"}', "body"),
+    (b'{"id": true, "body": 1}', "boolean"),
+    (b'{"id": "", "body": 1}', "id"),
+    (b'{"id": "a\\nb", "body": 1}', "control characters"),
+    (b'{"id": "a\\u0000b", "body": 1}', "control characters"),
+    (b'{"id": null, "body": 1}', "id"),
+    (b'{"id": "a1", "body": null}', "body"),
+    (b'{"id": "a1", "body": "151"}', "body"),
+    (b'{"id": "a1", "body": true}', "body"),
+    (b'{"id": "a1", "body": NaN}', "finite"),
+    (b'{"id": "a1", "body": Infinity}', "finite"),
+    (b'{"id": "a1", "body": -Infinity}', "finite"),
+    (b'{"id": "a1", "body": 1e400}', "finite"),
+])
+def test_rejects_bad_target_messages_with_a_one_line_reason(raw, reason_mentions):
+    with pytest.raises(InvalidMessage) as caught:
+        decode(TargetMessage, raw)
+    reason = caught.value.reason
+    assert reason_mentions in reason
+    assert "\n" not in reason
+    assert str(caught.value) == reason
+
+
+@pytest.mark.parametrize("raw, reason_mentions", [
+    (b'{"id": "a1", "body": []}', "at least 1"),
+    (b'{"id": "a1", "body": [1, NaN]}', "body.1"),
+    (b'{"id": "a1", "body": [1, "2"]}', "body.1"),
+    (b'{"id": "a1", "body": 0.5}', "body"),
+])
+def test_rejects_bad_feature_vectors(raw, reason_mentions):
+    with pytest.raises(InvalidMessage) as caught:
+        decode(FeaturesMessage, raw)
+    assert reason_mentions in caught.value.reason
+
+
+def test_rejection_reason_stays_short_for_a_huge_message():
+    raw = json.dumps({"id": "a1", "body": ["x"] * 10_000}).encode()
+    with pytest.raises(InvalidMessage) as caught:
+        decode(FeaturesMessage, raw)
+    assert len(caught.value.reason) <= 500
+
+
+@pytest.mark.parametrize("sent_at", ["NaN", "Infinity", "1e400", '"1700000000.5"', "true"])
+def test_rejects_a_sent_at_that_is_not_a_finite_number(sent_at):
+    with pytest.raises(InvalidMessage) as caught:
+        decode(TargetMessage, f'{{"id": "a1", "body": 1, "sent_at": {sent_at}}}'.encode())
+    assert "sent_at" in caught.value.reason
+
+
+def test_sent_at_may_be_null():
+    assert decode(TargetMessage, b'{"id": "a1", "body": 1, "sent_at": null}').sent_at is None

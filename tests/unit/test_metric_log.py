@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from mlmonitor import metric_log
+from mlmonitor.metric_log import HEADER_LINE, MetricLogError, MetricLogWriter, MetricRow, read_rows
+
+
+def row(id: str, y_true: float = 150.0, y_pred: float = 140.5) -> MetricRow:
+    return MetricRow.from_pair(id, y_true, y_pred)
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "logs" / "metric_log.csv"
+
+
+class WriterClosedOnce(MetricLogWriter):
+    closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            super().close()
+
+
+@pytest.fixture
+def open_writer(path):
+    writers = []
+
+    def open_writer() -> MetricLogWriter:
+        writer = WriterClosedOnce(path, fsync=False)
+        writers.append(writer)
+        return writer
+
+    yield open_writer
+    for writer in writers:
+        writer.close()
+
+
+def test_from_pair_computes_the_absolute_error():
+    assert MetricRow.from_pair("a", 100.0, 112.5) == MetricRow("a", 100.0, 112.5, 12.5)
+
+
+def test_fresh_file_gets_the_header_and_its_folder(path, open_writer):
+    open_writer()
+    assert path.read_text() == "id,y_true,y_pred,absolute_error\n"
+
+
+def test_appended_rows_are_readable(path, open_writer):
+    writer = open_writer()
+    written = writer.append([row("a", 151.0, 148.25), row("b", 75.0, 90.0)])
+    assert [r.id for r in written] == ["a", "b"]
+    assert list(read_rows(path)) == [MetricRow("a", 151.0, 148.25, 2.75), MetricRow("b", 75.0, 90.0, 15.0)]
+    assert path.read_text() == HEADER_LINE + "a,151.0,148.25,2.75\nb,75.0,90.0,15.0\n"
+
+
+def test_writes_durably_with_fsync(path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(metric_log.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    writer = MetricLogWriter(path)
+    synced.clear()
+    writer.append([row("a")])
+    writer.close()
+    assert len(synced) == 1
+    assert [r.id for r in read_rows(path)] == ["a"]
+
+
+def test_duplicate_ids_are_written_once(path, open_writer):
+    writer = open_writer()
+    assert writer.append([row("a"), row("a", 1.0, 2.0)]) == [row("a")]
+    assert writer.append([row("a", 3.0, 4.0), row("b")]) == [row("b")]
+    assert writer.append([row("b")]) == []
+    assert [r.id for r in read_rows(path)] == ["a", "b"]
+
+
+def test_ids_written_before_a_restart_are_not_written_again(path, open_writer):
+    first = open_writer()
+    first.append([row("a"), row("b")])
+    first.close()
+    second = open_writer()
+    assert second.written_ids == {"a", "b"}
+    assert second.append([row("b"), row("c")]) == [row("c")]
+    assert path.read_text().count(HEADER_LINE) == 1
+    assert [r.id for r in read_rows(path)] == ["a", "b", "c"]
+
+
+def test_unfinished_last_line_is_skipped_by_readers_and_removed_by_the_next_writer(path, open_writer):
+    first = open_writer()
+    first.append([row("a")])
+    first.close()
+    with open(path, "ab") as killed_writer:
+        killed_writer.write(b"b,151.0,14")
+    assert [r.id for r in read_rows(path)] == ["a"]
+
+    second = open_writer()
+    assert path.read_text() == HEADER_LINE + "a,150.0,140.5,9.5\n"
+    assert second.written_ids == {"a"}
+    assert second.append([row("b")]) == [row("b")]
+    assert [r.id for r in read_rows(path)] == ["a", "b"]
+
+
+def test_unfinished_header_is_replaced_by_a_whole_one(path, open_writer):
+    path.parent.mkdir(parents=True)
+    path.write_bytes(HEADER_LINE.encode()[:7])
+    writer = open_writer()
+    writer.append([row("a")])
+    assert path.read_text() == HEADER_LINE + "a,150.0,140.5,9.5\n"
+
+
+def test_missing_file_has_no_rows(path):
+    assert list(read_rows(path)) == []
+
+
+def test_wrong_header_is_an_error(path):
+    path.parent.mkdir(parents=True)
+    path.write_text("id,prediction\nx,1\n")
+    with pytest.raises(MetricLogError, match="expected"):
+        list(read_rows(path))
+    with pytest.raises(MetricLogError):
+        MetricLogWriter(path, fsync=False)
+
+
+def test_malformed_rows_are_skipped(path):
+    path.parent.mkdir(parents=True)
+    path.write_text(HEADER_LINE + "a,1.0,2.0,1.0\nb,not a number,2.0,1.0\nc,1.0\nd,1.0,3.0,2.0\n")
+    assert [r.id for r in read_rows(path)] == ["a", "d"]
+
+
+@pytest.mark.parametrize("awkward_id", ['a,b', 'say "hi"', "1700000000.123456", "comma, \"quote\", both"])
+def test_ids_with_commas_and_quotes_round_trip(path, open_writer, awkward_id):
+    writer = open_writer()
+    writer.append([row(awkward_id)])
+    writer.close()
+    assert [r.id for r in read_rows(path)] == [awkward_id]
+    assert open_writer().written_ids == {awkward_id}
+
+
+def test_failed_write_leaves_no_partial_row_and_the_ids_writable_later(path, open_writer, monkeypatch):
+    writer = open_writer()
+    writer.append([row("a")])
+    before = path.read_bytes()
+    real_write = os.write
+    calls = []
+
+    def disk_fills_up(fd, data):
+        if fd != writer._fd:
+            return real_write(fd, data)
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metric_log.os, "write", disk_fills_up)
+    with pytest.raises(OSError) as caught:
+        writer.append([row("b"), row("c")])
+    assert caught.value.errno == errno.ENOSPC
+    assert len(calls) == 2  # half the batch did reach the file before the failure
+    assert path.read_bytes() == before
+    assert writer.written_ids == {"a"}
+
+    monkeypatch.setattr(metric_log.os, "write", real_write)
+    assert writer.append([row("b"), row("c")]) == [row("b"), row("c")]
+    assert [r.id for r in read_rows(path)] == ["a", "b", "c"]

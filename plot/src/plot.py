@@ -1,5 +1,7 @@
 """Keeps `logs/error_distribution.png`, the histogram of absolute errors, current.
 
+Beside it, `logs/error_distribution.json` holds the same histogram as numbers.
+
 At start it restores its data from `logs/metric_log.csv`; then each `metric_added` event adds one
 error. The histogram is updated in place (O(1) per event, whatever the history), redraws are
 coalesced to at most one per `--redraw-seconds`, and the PNG is replaced atomically. An event is
@@ -9,6 +11,7 @@ event is never counted twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -106,6 +109,17 @@ def render_histogram(histogram: ErrorHistogram, path: Path) -> None:
     axes.grid(alpha=0.3)
     temporary = path.with_name(f".{path.name}.tmp")
     figure.savefig(temporary, format="png")
+    os.replace(temporary, path)
+    write_summary(histogram, path.with_suffix(".json"))
+
+
+def write_summary(histogram: ErrorHistogram, path: Path) -> None:
+    """The drawn histogram as JSON beside the PNG, for scripts and tests; replaced atomically too."""
+    summary = {"count": histogram.count, "mean": histogram.mean, "max": histogram.maximum,
+               "bin_width": histogram.width, "counts": histogram.counts.tolist(),
+               "updated_at": datetime.now().isoformat(timespec="seconds")}
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(summary))
     os.replace(temporary, path)
 
 

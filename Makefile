@@ -16,6 +16,7 @@ $(VENV)/.installed: $(REQUIREMENTS) requirements-dev.txt common/pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
+	@if [ -z "$$AMQP_URL" ]; then scripts/ensure_rabbitmq.sh; fi
 	$(PY) scripts/run_pipeline.py $(ARGS)
 
 test: $(VENV)/.installed

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from mlmonitor.messages import MetricAdded
+from mlmonitor.metric_log import HEADER_LINE
+from mlmonitor.settings import load_settings
+from plot import ErrorHistogram, HistogramPlotter, Settings, render_histogram
+
+
+def test_counts_match_numpy_after_many_adds_that_widen_the_bins():
+    rng = np.random.default_rng(7)
+    errors = np.concatenate([rng.exponential(20.0, 3000), [0.0, 5.0, 200.0, 1000.0, 12345.6]])
+    rng.shuffle(errors)
+    histogram = ErrorHistogram(bins=40, initial_width=5.0)
+    for error in errors[:1000]:
+        histogram.add(float(error))
+    histogram.add_many(errors[1000:])
+
+    assert histogram.width == 5.0 * 2**6  # doubled six times to hold 12345.6 in 40 bins
+    expected, _ = np.histogram(errors, bins=histogram.edges)
+    np.testing.assert_array_equal(histogram.counts, expected)
+    assert histogram.counts.sum() == len(errors)
+
+
+def test_value_on_a_bin_edge_counts_in_the_upper_bin_like_numpy():
+    histogram = ErrorHistogram(bins=4, initial_width=1.0)
+    histogram.add_many(np.array([0.0, 1.0, 2.0, 3.0, 3.5]))
+    np.testing.assert_array_equal(histogram.counts, [1, 1, 1, 2])
+    histogram.add(4.0)  # exactly the top edge: the bins widen to [0, 2, 4, 6, 8)
+    assert histogram.width == 2.0
+    np.testing.assert_array_equal(histogram.counts, [2, 3, 1, 0])
+
+
+def test_count_mean_and_max():
+    histogram = ErrorHistogram()
+    assert (histogram.count, histogram.mean, histogram.maximum) == (0, 0.0, 0.0)
+    for error in [1.0, 2.5, 8.5]:
+        histogram.add(error)
+    assert (histogram.count, histogram.mean, histogram.maximum) == (3, 4.0, 8.5)
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf")])
+def test_rejects_negative_and_non_finite_errors_and_stays_unchanged(bad):
+    histogram = ErrorHistogram()
+    histogram.add(3.0)
+    with pytest.raises(ValueError):
+        histogram.add(bad)
+    with pytest.raises(ValueError):
+        histogram.add_many(np.array([1.0, bad]))
+    assert (histogram.count, histogram.counts.sum(), histogram.total) == (1, 1, 3.0)
+
+
+def test_odd_bin_count_is_refused():
+    with pytest.raises(ValueError):
+        ErrorHistogram(bins=41)
+
+
+def test_state_stays_the_same_size_however_long_the_history():
+    histogram = ErrorHistogram(bins=40)
+    rng = np.random.default_rng(1)
+    for error in rng.exponential(50.0, 5_000):
+        histogram.add(float(error))
+    histogram.add(1e9)
+    assert histogram.counts.shape == (40,)
+    assert histogram.edges.shape == (41,)
+    assert histogram.count == 5_001
+    assert not [name for name, value in vars(histogram).items() if isinstance(value, (list, dict, set))]
+
+
+def test_render_writes_a_png_that_decodes_and_leaves_no_temporary_file(tmp_path):
+    histogram = ErrorHistogram()
+    histogram.add_many(np.array([1.0, 4.0, 4.5, 30.0]))
+    path = tmp_path / "error_distribution.png"
+    render_histogram(histogram, path)
+    image = matplotlib.image.imread(path)
+    assert image.shape[:2] == (500, 800)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_render_of_an_empty_histogram_works(tmp_path):
+    path = tmp_path / "error_distribution.png"
+    render_histogram(ErrorHistogram(), path)
+    assert matplotlib.image.imread(path).size > 0
+
+
+class FakeDelivery:
+    def __init__(self, body: bytes):
+        self.queue = "metric_added"
+        self.body = body
+        self.acked = 0
+
+    def ack(self) -> None:
+        self.acked += 1
+
+
+@pytest.fixture
+def plotter(tmp_path):
+    rendered = []
+    settings = load_settings(Settings, ["--logs-dir", str(tmp_path)])
+    plotter = HistogramPlotter(settings, render=lambda histogram, path: rendered.append(histogram.count))
+    plotter.rendered = rendered
+    return plotter
+
+
+def test_restore_counts_each_id_in_the_log_once(tmp_path, plotter):
+    csv_path = tmp_path / "metric_log.csv"
+    csv_path.write_text(HEADER_LINE + "a,10.0,12.0,2.0\nb,10.0,17.0,7.0\na,10.0,50.0,40.0\n"
+                        "\"c,1\",1.0,1.5,0.5\nb,10.0,17.0,7.0\nd,1.0,2")
+    plotter.restore(csv_path)
+    assert plotter.counted_ids == {"a", "b", "c,1"}
+    assert plotter.histogram.count == 3
+    assert plotter.histogram.total == pytest.approx(9.5)
+    assert plotter.rendered == [3]
+
+
+def test_restore_from_a_missing_log_draws_an_empty_histogram(tmp_path, plotter):
+    plotter.restore(tmp_path / "metric_log.csv")
+    assert plotter.histogram.count == 0
+    assert plotter.rendered == [0]
+
+
+def test_events_for_ids_already_counted_are_acked_but_not_counted_again(tmp_path, plotter):
+    csv_path = tmp_path / "metric_log.csv"
+    csv_path.write_text(HEADER_LINE + "a,10.0,12.0,2.0\n")
+    plotter.restore(csv_path)
+    deliveries = [FakeDelivery(MetricAdded(id=id, y_true=1.0, y_pred=1.0 + error, absolute_error=error).encode())
+                  for id, error in [("a", 2.0), ("b", 3.0), ("b", 3.0)]]
+    plotter.on_batch(deliveries)
+    assert plotter.histogram.count == 2
+    assert [d.acked for d in deliveries] == [0, 0, 0]  # not before a PNG that includes them exists
+    plotter.redraw_if_changed()
+    assert plotter.rendered == [1, 2]
+    assert [d.acked for d in deliveries] == [1, 1, 1]

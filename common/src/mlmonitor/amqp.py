@@ -260,9 +260,13 @@ class Session:
 
     def publish(self, exchange: str, routing_key: str, body: bytes, on_confirmed: Callable[[], None] | None = None,
                 headers: dict | None = None) -> None:
+        if not self.is_open:
+            return  # closing: nothing from this session gets acked, so the inputs come back
         self._publisher.publish(exchange, routing_key, body, headers, on_confirmed)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        if not self.is_open:
+            return
         dlq = dead_letter_queue(delivery.queue)
         headers = dict(delivery.headers)
         headers.update({REASON_HEADER: reason, SOURCE_QUEUE_HEADER: delivery.queue})

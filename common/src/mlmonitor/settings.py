@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -42,4 +42,11 @@ SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 def load_settings(settings_cls: type[SettingsT], argv: list[str] | None = None, prog: str | None = None) -> SettingsT:
     """Builds the settings from env vars and the given command line (sys.argv by default)."""
     args = sys.argv[1:] if argv is None else argv
-    return settings_cls(_cli_parse_args=args, _cli_prog_name=prog or Path(sys.argv[0]).name)
+    prog = prog or Path(sys.argv[0]).name
+    try:
+        return settings_cls(_cli_parse_args=args, _cli_prog_name=prog)
+    except ValidationError as error:  # a bad value: exit like argparse does for a bad flag
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
+                             for item in error.errors(include_url=False))
+        print(f"{prog}: error: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None

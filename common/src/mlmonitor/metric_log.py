@@ -57,16 +57,70 @@ def read_rows(path: Path) -> Iterator[MetricRow]:
         header = handle.readline()
         if not header:
             return
-        if header != HEADER_LINE:
-            raise MetricLogError(f"{path} starts with {header.strip()!r}, expected {HEADER_LINE.strip()!r}")
-        for line_number, fields in enumerate(csv.reader(_complete_lines(handle)), start=2):
-            try:
-                row = MetricRow(fields[0], float(fields[1]), float(fields[2]), float(fields[3]))
-            except (IndexError, ValueError):
-                log.warning("%s:%d is not a metric row; skipped: %r", path, line_number, fields)
-                continue
-            if math.isfinite(row.absolute_error):
-                yield row
+        _check_header(path, header)
+        yield from _parse(path, _complete_lines(handle), first_line_number=2)
+
+
+def _check_header(path: Path, header: str) -> None:
+    if header != HEADER_LINE:
+        raise MetricLogError(f"{path} starts with {header.strip()!r}, expected {HEADER_LINE.strip()!r}")
+
+
+def _parse(path: Path, lines: Iterable[str], first_line_number: int) -> Iterator[MetricRow]:
+    for line_number, fields in enumerate(csv.reader(lines), start=first_line_number):
+        try:
+            row = MetricRow(fields[0], float(fields[1]), float(fields[2]), float(fields[3]))
+        except (IndexError, ValueError):
+            log.warning("%s:%d is not a metric row; skipped: %r", path, line_number, fields)
+            continue
+        if math.isfinite(row.absolute_error):
+            yield row
+
+
+class MetricLogTail:
+    """Follows the log as it grows: each `read_new()` yields the complete rows added since the
+    previous call (the first call yields them all), so a reader can catch up in O(new rows).
+
+    A log that shrank or was replaced is read again from its start; the caller drops the ids it
+    has already seen. Read the generator to its end: the position advances as rows are yielded.
+    """
+
+    CHUNK_BYTES = 1 << 20
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._offset = 0
+        self._lines_read = 0
+        self._identity: tuple[int, int] | None = None
+
+    def read_new(self) -> Iterator[MetricRow]:
+        try:
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            self._offset = self._lines_read = 0
+            return
+        with handle:
+            status = os.fstat(handle.fileno())
+            if (status.st_dev, status.st_ino) != self._identity or status.st_size < self._offset:
+                self._identity = (status.st_dev, status.st_ino)
+                self._offset = self._lines_read = 0
+            handle.seek(self._offset)
+            pending = b""
+            for chunk in iter(lambda: handle.read(self.CHUNK_BYTES), b""):
+                pending += chunk
+                end = pending.rfind(b"\n") + 1
+                if end:
+                    complete, pending = pending[:end], pending[end:]
+                    yield from self._rows_of(complete)
+
+    def _rows_of(self, complete: bytes) -> Iterator[MetricRow]:
+        lines = [line + "\n" for line in complete.decode("utf-8", errors="replace").split("\n")[:-1]]
+        first_line_number = self._lines_read + 1
+        if first_line_number == 1:
+            _check_header(self.path, lines[0])
+        yield from _parse(self.path, lines[1:] if first_line_number == 1 else lines, max(first_line_number, 2))
+        self._offset += len(complete)
+        self._lines_read += len(lines)
 
 
 def _complete_lines(lines: Iterable[str]) -> Iterator[str]:

@@ -15,6 +15,7 @@ Y_TRUE = "y_true"
 Y_PRED = "y_pred"
 METRIC_EVENTS_EXCHANGE = "metric_events"
 METRIC_ADDED = "metric_added"
+DASHBOARD_EVENTS = "metric_added.dashboard"  # the dashboard's own queue on metric_events, declared by it alone
 
 REASON_HEADER = "x-rejection-reason"
 SOURCE_QUEUE_HEADER = "x-source-queue"
@@ -29,6 +30,7 @@ class QueueSpec:
     name: str
     bind_to: str | None = None  # exchange whose messages this queue receives
     dead_letters: bool = True
+    arguments: tuple[tuple[str, object], ...] = ()  # x-arguments, e.g. (("x-max-length", 10000),)
 
     @property
     def dlq(self) -> str:
@@ -60,7 +62,7 @@ def declare(channel, topology: Topology = PIPELINE) -> None:
     for exchange in topology.exchanges:
         channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
     for queue in topology.queues:
-        channel.queue_declare(queue.name, durable=True)
+        channel.queue_declare(queue.name, durable=True, arguments=dict(queue.arguments) or None)
         if queue.dead_letters:
             channel.queue_declare(queue.dlq, durable=True)
         if queue.bind_to:

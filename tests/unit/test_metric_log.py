@@ -166,3 +166,20 @@ def test_failed_write_leaves_no_partial_row_and_the_ids_writable_later(path, ope
     monkeypatch.setattr(metric_log.os, "write", real_write)
     assert writer.append([row("b"), row("c")]) == [row("b"), row("c")]
     assert [r.id for r in read_rows(path)] == ["a", "b", "c"]
+
+
+def test_unfinished_last_line_longer_than_one_read_chunk_removes_only_that_line(path, open_writer):
+    writer = open_writer()
+    writer.append([row("a"), row("b")])
+    writer.close()
+    with open(path, "ab") as handle:
+        handle.write(b"x" * 200_000)  # no newline: far longer than the 64 KiB read chunk
+    open_writer()
+    assert [r.id for r in read_rows(path)] == ["a", "b"]
+    assert path.read_text().endswith("\nb,150.0,140.5,9.5\n")
+
+
+def test_close_twice_is_harmless(path):
+    writer = MetricLogWriter(path, fsync=False)
+    writer.close()
+    writer.close()

@@ -162,7 +162,9 @@ class MetricLogWriter:
         return fresh
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -180,12 +182,23 @@ class MetricLogWriter:
         if size == 0:
             return
         with open(self.path, "rb+") as handle:
-            handle.seek(max(0, size - 65536))
-            tail = handle.read()
-            if tail.endswith(b"\n"):
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
                 return
-            cut = tail.rfind(b"\n")
-            keep = size - len(tail) + cut + 1 if cut >= 0 else 0
+            keep = self._end_of_last_complete_line(handle, size)
             log.warning("%s ends with an unfinished row (%d bytes); removing it, its messages come back",
                         self.path, size - keep)
             handle.truncate(keep)
+
+    @staticmethod
+    def _end_of_last_complete_line(handle, size: int, chunk: int = 65536) -> int:
+        """Offset just past the last newline, searching backwards chunk by chunk; 0 if there is none."""
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            handle.seek(start)
+            cut = handle.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                return start + cut + 1
+            end = start
+        return 0

@@ -21,10 +21,10 @@ from pydantic import Field
 from sklearn.datasets import load_diabetes
 
 from mlmonitor.amqp import Session, run_worker
-from mlmonitor.logs import EventLog, configure_logging
+from mlmonitor.logs import EventLog
 from mlmonitor.messages import FeaturesMessage, TargetMessage
-from mlmonitor.observability import serve_metrics
-from mlmonitor.settings import ServiceSettings, load_settings
+from mlmonitor.service import start_service
+from mlmonitor.settings import ServiceSettings
 from mlmonitor.topology import FEATURES, Y_TRUE
 
 log = logging.getLogger("features")
@@ -142,9 +142,7 @@ class FeatureStreamer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings(Settings, argv, prog="features")
-    configure_logging("features", settings.log_level)
-    serve_metrics(settings.metrics_port, log)
+    settings = start_service("features", Settings, argv)
     streamer = FeatureStreamer(settings, sample_events(settings.seed))
     log.info("streaming %s events at %s to %s and %s",
              settings.count or "endless", f"{settings.rate:g}/s" if settings.rate else "full speed", FEATURES, Y_TRUE)

@@ -20,11 +20,11 @@ from prometheus_client import Counter, Gauge
 from pydantic import Field
 
 from mlmonitor.amqp import Delivery, Session, run_worker
-from mlmonitor.logs import EventLog, configure_logging
+from mlmonitor.logs import EventLog
 from mlmonitor.messages import InvalidMessage, MetricAdded, PredictionMessage, TargetMessage, decode
 from mlmonitor.metric_log import MetricLogWriter, MetricRow
-from mlmonitor.observability import serve_metrics
-from mlmonitor.settings import ConsumerSettings, load_settings
+from mlmonitor.service import start_service
+from mlmonitor.settings import ConsumerSettings
 from mlmonitor.topology import METRIC_ADDED, METRIC_EVENTS_EXCHANGE, Y_PRED, Y_TRUE
 
 log = logging.getLogger("metric")
@@ -228,9 +228,7 @@ def _ack_all(deliveries: list[Delivery]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings(Settings, argv, prog="metric")
-    configure_logging("metric", settings.log_level)
-    serve_metrics(settings.metrics_port, log)
+    settings = start_service("metric", Settings, argv)
     metric_log = MetricLogWriter(settings.logs_dir / "metric_log.csv", fsync=settings.fsync)
     log.info("appending to %s, which holds %d rows", metric_log.path, len(metric_log.written_ids))
     try:

@@ -17,11 +17,11 @@ import numpy as np
 from pydantic import Field
 
 from mlmonitor.amqp import Delivery, ServiceRunner, Session
-from mlmonitor.logs import EventLog, configure_logging
+from mlmonitor.logs import EventLog
 from mlmonitor.messages import FeaturesMessage, InvalidMessage, PredictionMessage, decode
 from mlmonitor.model_store import ModelCard, ModelCorrupt, ModelNotReady, load_model
-from mlmonitor.observability import serve_metrics
-from mlmonitor.settings import ConsumerSettings, load_settings
+from mlmonitor.service import start_service
+from mlmonitor.settings import ConsumerSettings
 from mlmonitor.topology import FEATURES, Y_PRED
 
 log = logging.getLogger("model")
@@ -88,9 +88,7 @@ class Predictor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings(Settings, argv, prog="model")
-    configure_logging("model", settings.log_level)
-    serve_metrics(settings.metrics_port, log)
+    settings = start_service("model", Settings, argv)
     runner = ServiceRunner(None, settings.amqp_url)
     runner.install_signal_handlers()
     loaded = wait_for_model(settings.models_dir, settings.model_poll_seconds, lambda: runner.stop_requested)

@@ -27,11 +27,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from mlmonitor.amqp import Delivery, Session, run_worker  # noqa: E402
-from mlmonitor.logs import EventLog, configure_logging  # noqa: E402
+from mlmonitor.logs import EventLog  # noqa: E402
 from mlmonitor.messages import InvalidMessage, MetricAdded, decode  # noqa: E402
 from mlmonitor.metric_log import read_rows  # noqa: E402
-from mlmonitor.observability import serve_metrics  # noqa: E402
-from mlmonitor.settings import ConsumerSettings, load_settings  # noqa: E402
+from mlmonitor.service import start_service  # noqa: E402
+from mlmonitor.settings import ConsumerSettings  # noqa: E402
 from mlmonitor.topology import METRIC_ADDED  # noqa: E402
 
 log = logging.getLogger("plot")
@@ -193,9 +193,7 @@ class HistogramPlotter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings(Settings, argv, prog="plot")
-    configure_logging("plot", settings.log_level)
-    serve_metrics(settings.metrics_port, log)
+    settings = start_service("plot", Settings, argv)
     plotter = HistogramPlotter(settings)
     plotter.restore(settings.logs_dir / "metric_log.csv")
     return run_worker(plotter, settings.amqp_url)

@@ -77,7 +77,7 @@ class MetricAdded(Message):
     id: MessageId
     y_true: FiniteNumber
     y_pred: FiniteNumber
-    absolute_error: FiniteNumber
+    absolute_error: Annotated[FiniteNumber, Field(ge=0)]
     model_version: str | None = None
     sent_at: FiniteNumber | None = None
 

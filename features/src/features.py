@@ -5,15 +5,21 @@ target to queue `y_true`, both under one UUID.
 after N events whose two messages the broker has both confirmed, then exits 0. Events not yet
 confirmed when the connection drops are published again after reconnecting (downstream is
 idempotent per id).
+
+`--confirmed-ids-file PATH` appends `id,y_true` for each event once both its messages are
+confirmed, one write and fsync per batch of confirms: the fault-injection suite's record of what
+was published. A SIGKILL between a confirm and that fsync can leave a confirmed id out of the file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -35,6 +41,8 @@ class Settings(ServiceSettings):
     count: int | None = Field(None, ge=1, description="Stop after this many confirmed events (default: endless).")
     max_unconfirmed: int = Field(2000, ge=1, description="Events in flight before waiting for confirms.")
     seed: int | None = Field(None, description="Seed for the sample order (default: random).")
+    confirmed_ids_file: Path | None = Field(
+        None, description="Append 'id,y_true' of each confirmed event to this file, fsynced per batch of confirms.")
 
 
 @dataclass
@@ -42,6 +50,27 @@ class Event:
     features: FeaturesMessage
     target: TargetMessage
     unconfirmed_parts: int = 2
+
+
+class ConfirmedIdsFile:
+    """Appends `id,y_true` lines; `flush()` writes the lines added since the last one and fsyncs."""
+
+    def __init__(self, path: Path):
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lines: list[str] = []
+
+    def add(self, event: Event) -> bool:
+        """Returns True for the first line after a flush, so the caller schedules one flush per batch."""
+        self._lines.append(f"{event.features.id},{event.target.body!r}\n")
+        return len(self._lines) == 1
+
+    def flush(self) -> None:
+        if self._lines:
+            view = memoryview("".join(self._lines).encode())
+            self._lines.clear()
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
 
 
 def sample_events(seed: int | None) -> Iterator[tuple[list[float], float]]:
@@ -54,8 +83,10 @@ def sample_events(seed: int | None) -> Iterator[tuple[list[float], float]]:
 
 
 class FeatureStreamer:
-    def __init__(self, settings: Settings, samples: Iterator[tuple[list[float], float]]):
+    def __init__(self, settings: Settings, samples: Iterator[tuple[list[float], float]],
+                 confirmed_ids: ConfirmedIdsFile | None = None):
         self._settings = settings
+        self._confirmed_ids = confirmed_ids
         self._samples = samples
         self._in_flight: dict[str, Event] = {}
         self._created = 0
@@ -81,6 +112,7 @@ class FeatureStreamer:
         self._pump()
 
     def on_disconnected(self) -> None:
+        self._flush_confirmed_ids()
         self._session = None
         self._pump_scheduled = False
 
@@ -132,6 +164,8 @@ class FeatureStreamer:
         if self._in_flight.pop(event.features.id, None) is None:
             return
         self._confirmed += 1
+        if self._confirmed_ids is not None and self._confirmed_ids.add(event):
+            self._session.call_later(0, self._flush_confirmed_ids)  # after this batch of confirms
         self._events.event("published event %s (y_true %.1f)", event.features.id, event.target.body)
         count = self._settings.count
         if count is not None and self._confirmed >= count:
@@ -140,10 +174,15 @@ class FeatureStreamer:
         elif not self._pump_scheduled:
             self._pump()
 
+    def _flush_confirmed_ids(self) -> None:
+        if self._confirmed_ids is not None:
+            self._confirmed_ids.flush()
+
 
 def main(argv: list[str] | None = None) -> int:
     settings = start_service("features", Settings, argv)
-    streamer = FeatureStreamer(settings, sample_events(settings.seed))
+    confirmed_ids = ConfirmedIdsFile(settings.confirmed_ids_file) if settings.confirmed_ids_file else None
+    streamer = FeatureStreamer(settings, sample_events(settings.seed), confirmed_ids)
     log.info("streaming %s events at %s to %s and %s",
              settings.count or "endless", f"{settings.rate:g}/s" if settings.rate else "full speed", FEATURES, Y_TRUE)
     exit_code = run_worker(streamer, settings.amqp_url)

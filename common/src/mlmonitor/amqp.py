@@ -10,7 +10,8 @@ The rules it keeps for every service:
 - A worker bug is logged with its traceback; the batch is retried one message at a time and only
   the messages that still fail are dead-lettered.
 - Connection lost: the worker drops its in-flight state (the broker redelivers whatever was not
-  acked) and the runner reconnects with capped exponential backoff. Wrong credentials end the run.
+  acked) and the runner reconnects with capped exponential backoff, also while the vhost does not exist yet.
+  Wrong credentials end the run.
 - Consuming and publishing use separate connections, so broker flow control on publishers never
   stops acks from getting through.
 """
@@ -25,7 +26,7 @@ from typing import Callable, Protocol
 
 import pika
 from pika.adapters.select_connection import IOLoop
-from pika.exceptions import AMQPError, ProbableAccessDeniedError, ProbableAuthenticationError
+from pika.exceptions import AMQPError, ProbableAuthenticationError
 from pika.spec import Basic
 
 from . import observability
@@ -384,10 +385,10 @@ class ServiceRunner:
         while not self.stop_requested:
             try:
                 self._declare_topology()
-            except (ProbableAuthenticationError, ProbableAccessDeniedError) as error:
+            except ProbableAuthenticationError as error:
                 log.error("RabbitMQ at %s refused our credentials: %r; giving up", where, error)
                 return 2
-            except (AMQPError, OSError) as error:
+            except (AMQPError, OSError) as error:  # access denied too: the vhost may not be created yet
                 attempt += 1
                 delay = self.backoff.next_delay()
                 log.warning("waiting for RabbitMQ at %s (attempt %d): %s; retrying in %.1fs",

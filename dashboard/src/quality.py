@@ -1,0 +1,225 @@
+"""Running quality figures of the model: O(1) per event, whatever the length of the history.
+
+Overall figures come from running sums; the sliding windows (last 100 and last 1,000 events) from
+fixed-size ring buffers whose sums are updated as events enter and leave; the histogram from
+counts in bins that widen by merging. Every id is counted once.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable
+
+WINDOW_SIZES = (100, 1000)
+RECENT_POINTS = 1000
+
+
+@dataclass(frozen=True)
+class Observation:
+    id: str
+    y_true: float
+    y_pred: float
+    model_version: str | None = None
+
+    @property
+    def error(self) -> float:
+        return abs(self.y_true - self.y_pred)
+
+
+class Sums:
+    """Sums over a set of (y_true, y_pred) pairs, from which MAE, RMSE, R² and MAPE follow.
+
+    The spread of y_true is kept with Welford's update (and its inverse for removal), so R² stays
+    accurate for targets far from zero. MAPE counts the pairs whose y_true is not 0.
+    """
+
+    __slots__ = ("count", "abs_error", "squared_error", "mean_y", "m2_y", "pct_error", "pct_count")
+
+    def __init__(self):
+        self.count = 0
+        self.abs_error = 0.0
+        self.squared_error = 0.0
+        self.mean_y = 0.0
+        self.m2_y = 0.0
+        self.pct_error = 0.0
+        self.pct_count = 0
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[float, float]]) -> Sums:
+        sums = cls()
+        for y_true, y_pred in pairs:
+            sums.add(y_true, y_pred)
+        return sums
+
+    def add(self, y_true: float, y_pred: float) -> None:
+        error = abs(y_true - y_pred)
+        self.count += 1
+        self.abs_error += error
+        self.squared_error += error * error
+        delta = y_true - self.mean_y
+        self.mean_y += delta / self.count
+        self.m2_y += delta * (y_true - self.mean_y)
+        if y_true != 0:
+            self.pct_error += error / abs(y_true)
+            self.pct_count += 1
+
+    def remove(self, y_true: float, y_pred: float) -> None:
+        error = abs(y_true - y_pred)
+        self.count -= 1
+        self.abs_error -= error
+        self.squared_error -= error * error
+        if self.count == 0:
+            self.mean_y = self.m2_y = 0.0
+        else:
+            delta = y_true - self.mean_y
+            self.mean_y -= delta / self.count
+            self.m2_y -= delta * (y_true - self.mean_y)
+        if y_true != 0:
+            self.pct_error -= error / abs(y_true)
+            self.pct_count -= 1
+
+    def figures(self, max_error: float | None) -> dict:
+        n = self.count
+        return {
+            "count": n,
+            "mae": self.abs_error / n if n else None,
+            "rmse": math.sqrt(max(self.squared_error, 0.0) / n) if n else None,
+            "r2": 1.0 - self.squared_error / self.m2_y if n >= 2 and self.m2_y > 0 else None,
+            "mape": 100.0 * self.pct_error / self.pct_count if self.pct_count else None,
+            "max_error": max_error if n else None,
+        }
+
+
+class Window:
+    """The figures of the last `size` events: a ring buffer with sums kept in step.
+
+    Each event that enters pushes the oldest out and is subtracted from the sums, so an update is
+    O(1); the sums are recomputed from the ring once per `size` removals (amortised O(1)), so
+    rounding errors can't pile up. The maximum is kept with a monotonic queue.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._ring: deque[tuple[int, float, float, float]] = deque(maxlen=size)  # (seq, y_true, y_pred, error)
+        self._sums = Sums()
+        self._maxima: deque[tuple[int, float]] = deque()  # (seq, error), errors strictly decreasing
+        self._removals = 0
+
+    def add(self, seq: int, y_true: float, y_pred: float, error: float) -> None:
+        if len(self._ring) == self.size:
+            _, old_true, old_pred, _ = self._ring[0]
+            self._sums.remove(old_true, old_pred)
+            self._removals += 1
+        self._ring.append((seq, y_true, y_pred, error))
+        self._sums.add(y_true, y_pred)
+        while self._maxima and self._maxima[-1][1] <= error:
+            self._maxima.pop()
+        self._maxima.append((seq, error))
+        while self._maxima[0][0] <= seq - self.size:
+            self._maxima.popleft()
+        if self._removals >= self.size:
+            self._sums = Sums.of((y_true, y_pred) for _, y_true, y_pred, _ in self._ring)
+            self._removals = 0
+
+    @property
+    def mae(self) -> float | None:
+        return self._sums.abs_error / self._sums.count if self._sums.count else None
+
+    def figures(self) -> dict:
+        return self._sums.figures(self._maxima[0][1] if self._maxima else None)
+
+
+class ErrorHistogram:
+    """Counts of absolute errors in `bins` equal bins from 0. An error past the last bin doubles
+    the bin width, merging neighbours, so the counts stay exact and an update stays O(1)."""
+
+    def __init__(self, bins: int = 40, initial_width: float = 5.0):
+        if bins % 2:
+            raise ValueError("bins must be even, so that neighbours can merge")
+        self.counts = [0] * bins
+        self.width = initial_width
+
+    def add(self, error: float) -> None:
+        while error >= self.width * len(self.counts):
+            merged = [self.counts[i] + self.counts[i + 1] for i in range(0, len(self.counts), 2)]
+            self.counts = merged + [0] * len(merged)
+            self.width *= 2
+        self.counts[int(error // self.width)] += 1
+
+    def shown(self, min_bins: int = 10) -> dict:
+        """The bins up to the last one in use (at least `min_bins`), for drawing."""
+        used = max((i + 1 for i, count in enumerate(self.counts) if count), default=0)
+        return {"bin_width": self.width, "counts": self.counts[:max(used, min_bins)]}
+
+
+class QualityBoard:
+    """Everything the page shows about the errors. Thread-safe: the AMQP thread adds, the web
+    thread reads."""
+
+    def __init__(self, window_sizes: tuple[int, ...] = WINDOW_SIZES, recent_points: int = RECENT_POINTS):
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+        self._overall = Sums()
+        self._max_error = 0.0
+        self._windows = {size: Window(size) for size in window_sizes}
+        self._recent: deque[tuple[int, float, float | None]] = deque(maxlen=recent_points)  # (seq, error, MAE)
+        self._histogram = ErrorHistogram()
+        self._smallest_window = self._windows[min(window_sizes)]
+        self.last_event_at: float | None = None
+        self.model_version: str | None = None
+
+    @property
+    def count(self) -> int:
+        return self._overall.count
+
+    def add(self, observations: Iterable[Observation], arrived_at: float | None = None) -> int:
+        """Counts the observations whose id is new; returns how many were. `arrived_at` is the time
+        live events came in (None for rows restored from the CSV)."""
+        counted = 0
+        with self._lock:
+            for observation in observations:
+                if observation.id in self._ids:
+                    continue
+                self._ids.add(observation.id)
+                self._count(observation)
+                counted += 1
+            if counted and arrived_at is not None:
+                self.last_event_at = arrived_at
+        return counted
+
+    def _count(self, observation: Observation) -> None:
+        y_true, y_pred, error = observation.y_true, observation.y_pred, observation.error
+        self._overall.add(y_true, y_pred)
+        self._max_error = max(self._max_error, error)
+        seq = self._overall.count
+        for window in self._windows.values():
+            window.add(seq, y_true, y_pred, error)
+        self._recent.append((seq, error, self._smallest_window.mae))
+        self._histogram.add(error)
+        if observation.model_version:
+            self.model_version = observation.model_version
+
+    def figures(self) -> dict[str, dict]:
+        """The figures alone, by window: "all", "last_100", "last_1000"."""
+        with self._lock:
+            return {"all": self._overall.figures(self._max_error),
+                    **{f"last_{size}": window.figures() for size, window in self._windows.items()}}
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                **self._overall.figures(self._max_error),
+                "windows": {f"last_{size}": window.figures() for size, window in self._windows.items()},
+                "histogram": self._histogram.shown(),
+                "recent": {
+                    "seq": [seq for seq, _, _ in self._recent],
+                    "absolute_error": [error for _, error, _ in self._recent],
+                    "rolling_mae": [mae for _, _, mae in self._recent],
+                    "rolling_window": self._smallest_window.size,
+                },
+                "last_event_at": self.last_event_at,
+                "events_model_version": self.model_version,
+            }

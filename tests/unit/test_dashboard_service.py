@@ -1,0 +1,227 @@
+"""The dashboard's handlers with fakes: the consumer, the CSV catch-up, the card, the upstream
+metrics, the Prometheus gauges and the pushed snapshot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from dashboard import EventCounter, ModelCardWatcher, QualityCollector, Settings, topology
+from mlmonitor.messages import MetricAdded
+from mlmonitor.metric_log import MetricLogTail, MetricLogWriter, MetricRow
+from mlmonitor.model_store import CARD_NAME, ModelCard
+from mlmonitor.topology import DASHBOARD_EVENTS, METRIC_ADDED, METRIC_EVENTS_EXCHANGE
+from quality import QualityBoard
+from upstream import UpstreamMetrics, pipeline_counts
+from web import SnapshotCache
+
+
+class FakeDelivery:
+    def __init__(self, body: bytes, board: QualityBoard | None = None):
+        self.queue = DASHBOARD_EVENTS
+        self.body = body
+        self.acked = False
+        self.count_when_acked = None
+        self._board = board
+
+    def ack(self) -> None:
+        self.acked = True
+        self.count_when_acked = self._board.count if self._board else None
+
+
+class FakeSession:
+    def __init__(self):
+        self.dead_letters: list[tuple[bytes, str]] = []
+        self.consuming: list[str] = []
+
+    def dead_letter(self, delivery, reason: str) -> None:
+        self.dead_letters.append((delivery.body, reason))
+        delivery.ack()
+
+    def consume(self, queue, on_batch, prefetch) -> None:
+        self.consuming.append(queue)
+
+
+def event(id: str, y_true: float = 150.0, y_pred: float = 140.0) -> bytes:
+    return MetricAdded(id=id, y_true=y_true, y_pred=y_pred, absolute_error=abs(y_true - y_pred),
+                       model_version="abc123", sent_at=1000.0).encode()
+
+
+@pytest.fixture
+def csv_path(tmp_path):
+    return tmp_path / "metric_log.csv"
+
+
+@pytest.fixture
+def writer(csv_path):
+    writer = MetricLogWriter(csv_path, fsync=False)
+    yield writer
+    writer.close()
+
+
+@pytest.fixture
+def board():
+    return QualityBoard()
+
+
+@pytest.fixture
+def counter(board, csv_path):
+    counter = EventCounter(board, MetricLogTail(csv_path), prefetch=10, clock=lambda: 1002.5)
+    counter.on_connected(FakeSession())
+    return counter
+
+
+def test_events_are_counted_before_they_are_acked(board, counter):
+    deliveries = [FakeDelivery(event("a"), board), FakeDelivery(event("b", 100.0, 130.0), board)]
+    counter.on_batch(deliveries)
+    assert [d.count_when_acked for d in deliveries] == [2, 2]
+    snapshot = board.snapshot()
+    assert snapshot["count"] == 2 and snapshot["mae"] == 20.0
+    assert snapshot["events_model_version"] == "abc123" and snapshot["last_event_at"] == 1002.5
+
+
+def test_bad_input_is_dead_lettered_and_not_counted(board, csv_path):
+    session = FakeSession()
+    counter = EventCounter(board, MetricLogTail(csv_path), prefetch=10)
+    counter.on_connected(session)
+    bad = [b"{not json", b'{"id": "x", "y_true": "1", "y_pred": 2, "absolute_error": 1}', b'{"id": "y"}']
+    deliveries = [FakeDelivery(body) for body in bad] + [FakeDelivery(event("good"))]
+    counter.on_batch(deliveries)
+    assert [body for body, _ in session.dead_letters] == bad
+    assert all(reason for _, reason in session.dead_letters)
+    assert all(d.acked for d in deliveries)
+    assert board.count == 1
+
+
+def test_a_redelivered_event_or_a_row_already_restored_counts_once(board, counter, writer):
+    writer.append([MetricRow.from_pair("a", 150.0, 140.0)])
+    counter.catch_up()
+    deliveries = [FakeDelivery(event("a")), FakeDelivery(event("b")), FakeDelivery(event("b"))]
+    counter.on_batch(deliveries)
+    assert board.count == 2
+    assert all(d.acked for d in deliveries)
+
+
+def test_each_connect_catches_up_with_rows_written_since_the_last_read(board, csv_path, writer):
+    counter = EventCounter(board, MetricLogTail(csv_path), prefetch=10)
+    writer.append([MetricRow.from_pair(f"old-{i}", 100.0, 90.0) for i in range(3)])
+    counter.catch_up()  # the restore at start
+    writer.append([MetricRow.from_pair(f"gap-{i}", 100.0, 95.0) for i in range(2)])  # queue not yet bound
+    session = FakeSession()
+    counter.on_connected(session)
+    assert board.count == 5
+    assert session.consuming == [DASHBOARD_EVENTS]
+
+
+def test_the_dashboard_queue_is_its_own_bounded_queue_on_the_event_exchange():
+    declared = topology(Settings(_cli_parse_args=["--queue-max-length", "123"]))
+    queues = {queue.name: queue for queue in declared.queues}
+    assert queues[METRIC_ADDED].bind_to == METRIC_EVENTS_EXCHANGE  # plot's queue stays as it is
+    mine = queues[DASHBOARD_EVENTS]
+    assert mine.bind_to == METRIC_EVENTS_EXCHANGE
+    assert dict(mine.arguments) == {"x-max-length": 123, "x-overflow": "drop-head"}
+
+
+def test_the_card_is_read_again_when_it_changes(tmp_path):
+    watcher = ModelCardWatcher(tmp_path)
+    assert "no model card" in watcher.current()["error"]
+    card = ModelCard(version="v1", trained_at="2026-01-01T00:00:00Z", estimator="Ridge", feature_names=["a"],
+                     holdout_mae=43.0, holdout_rmse=53.0, holdout_r2=0.45, train_rows=353, holdout_rows=89,
+                     sklearn_version="1.9")
+    (tmp_path / CARD_NAME).write_text(json.dumps(asdict(card)))
+    assert watcher.current()["version"] == "v1" and watcher.current()["holdout_mae"] == 43.0
+    (tmp_path / CARD_NAME).write_text(json.dumps({**asdict(card), "version": "version-two"}))
+    assert watcher.current()["version"] == "version-two"
+    (tmp_path / CARD_NAME).write_text("{broken")
+    assert "not a valid model card" in watcher.current()["error"]
+
+
+def exposition(dead: dict[str, int], expired: dict[str, int] | None = None, buffer: int | None = None) -> str:
+    registry = CollectorRegistry()
+    dead_counter = Counter("mlmonitor_messages_dead_lettered_total", "d", ["queue"], registry=registry)
+    for queue, count in dead.items():
+        dead_counter.labels(queue).inc(count)
+    if expired is not None:
+        expired_counter = Counter("mlmonitor_join_expired_halves_total", "e", ["queue"], registry=registry)
+        for queue, count in expired.items():
+            expired_counter.labels(queue).inc(count)
+    if buffer is not None:
+        Gauge("mlmonitor_join_buffer_halves", "b", registry=registry).set(buffer)
+    return generate_latest(registry).decode()
+
+
+def test_pipeline_counts_add_up_the_services_expositions():
+    counts = pipeline_counts([
+        exposition({"features": 1}),
+        exposition({"y_true": 3, "y_pred": 2}, expired={"y_true": 2, "y_pred": 1}, buffer=7),
+        exposition({"y_true": 1}),
+    ])
+    assert counts["dead_lettered"] == {"features": 1, "y_pred": 2, "y_true": 4}
+    assert counts["dead_lettered_total"] == 7
+    assert counts["expired_halves"] == {"y_pred": 1, "y_true": 2}
+    assert counts["expired_halves_total"] == 3
+    assert counts["join_buffer_halves"] == 7
+    assert pipeline_counts([])["join_buffer_halves"] is None
+
+
+def test_a_source_that_stops_answering_keeps_its_last_figures():
+    answers = {"http://metric/metrics": exposition({"y_true": 5})}
+
+    def fetcher(url, timeout):
+        if url not in answers:
+            raise ConnectionRefusedError("refused")
+        return answers[url]
+
+    upstream = UpstreamMetrics(["http://metric/metrics", "http://plot/metrics"], fetcher=fetcher, clock=lambda: 9.0)
+    upstream.poll()
+    summary = upstream.summary()
+    assert summary["dead_lettered"]["y_true"] == 5
+    assert [source["reachable"] for source in summary["sources"]] == [True, False]
+    assert "refused" in summary["sources"][1]["error"]
+    del answers["http://metric/metrics"]
+    upstream.poll()
+    summary = upstream.summary()
+    assert summary["dead_lettered"]["y_true"] == 5
+    assert [source["reachable"] for source in summary["sources"]] == [False, False]
+
+
+def test_quality_gauges_per_window(board):
+    collector = QualityCollector(board)
+    empty = {(sample.name, sample.labels["window"]): sample.value
+             for family in collector.collect() for sample in family.samples}
+    assert empty == {("mlmonitor_quality_events", window): 0 for window in ("all", "last_100", "last_1000")}
+    counter = EventCounter(board, MetricLogTail("/nonexistent/metric_log.csv"), prefetch=1)
+    counter.on_connected(FakeSession())
+    counter.on_batch([FakeDelivery(event("a", 100.0, 90.0)), FakeDelivery(event("b", 100.0, 120.0))])
+    samples = {(sample.name, sample.labels["window"]): sample.value
+               for family in collector.collect() for sample in family.samples}
+    assert samples[("mlmonitor_quality_mae", "all")] == 15.0
+    assert samples[("mlmonitor_quality_mae", "last_100")] == 15.0
+    assert samples[("mlmonitor_quality_rmse", "all")] == pytest.approx((250.0) ** 0.5)
+    assert samples[("mlmonitor_quality_events", "last_1000")] == 2
+    assert ("mlmonitor_quality_r2", "all") not in samples  # undefined for a constant y_true
+
+
+def test_snapshot_cache_builds_at_most_once_per_interval():
+    now = [0.0]
+    builds = []
+
+    def build():
+        builds.append(now[0])
+        return {"count": len(builds)}
+
+    cache = SnapshotCache(build, max_age=0.25, clock=lambda: now[0])
+    assert json.loads(cache.text()) == {"count": 1}
+    now[0] = 0.1
+    assert json.loads(cache.text()) == {"count": 1}
+    now[0] = 0.3
+    assert json.loads(cache.text()) == {"count": 2}
+    assert builds == [0.0, 0.3]
+
+
+def test_snapshot_cache_refuses_nan():
+    with pytest.raises(ValueError):
+        SnapshotCache(lambda: {"mae": float("nan")}, max_age=1).text()

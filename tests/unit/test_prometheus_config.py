@@ -1,0 +1,58 @@
+"""prometheus/prometheus.yml scrapes every service that serves /metrics in docker-compose.yml, on
+the port that service listens on, and nothing that isn't there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RABBITMQ_PROMETHEUS_PORT = "15692"  # the rabbitmq_prometheus plugin, enabled in the official image
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def scrape_targets() -> dict[str, list[str]]:
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    return {job["job_name"]: [target for static in job["static_configs"] for target in static["targets"]]
+            for job in config["scrape_configs"]}
+
+
+def metrics_ports() -> dict[str, str]:
+    """Service -> port of its /metrics, from its environment."""
+    ports = {}
+    for name, service in compose()["services"].items():
+        environment = service.get("environment") or {}
+        port = environment.get("METRICS_PORT") or environment.get("DASHBOARD_PORT")
+        if port and str(port) != "0":
+            ports[name] = str(port)
+    return ports
+
+
+def test_every_service_with_metrics_is_scraped_on_its_port():
+    targets = {target for job in scrape_targets().values() for target in job}
+    expected = {f"{name}:{port}" for name, port in metrics_ports().items()}
+    assert expected >= {"features:9101", "model:9102", "metric:9103", "plot:9104", "dashboard:8000"}
+    assert expected <= targets, f"not scraped: {sorted(expected - targets)}"
+
+
+def test_every_target_is_a_compose_service_on_a_port_it_serves():
+    services = compose()["services"]
+    ports = {**metrics_ports(), "rabbitmq": RABBITMQ_PROMETHEUS_PORT}
+    for job, targets in scrape_targets().items():
+        for target in targets:
+            host, port = target.rsplit(":", 1)
+            assert host in services, f"job {job}: {host} is not a compose service"
+            assert ports.get(host) == port, f"job {job}: {host} serves /metrics on {ports.get(host)}, not {port}"
+
+
+def test_prometheus_service_mounts_this_config():
+    compose_file = compose()
+    service = compose_file["services"]["prometheus"]
+    assert service["image"].startswith("prom/prometheus:")
+    (config,) = service["configs"]
+    assert config["target"] == "/etc/prometheus/prometheus.yml"
+    assert compose_file["configs"][config["source"]]["file"] == "./prometheus/prometheus.yml"

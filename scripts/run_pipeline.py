@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONSUMERS = ("model", "metric", "plot")
 OPTIONAL_SERVICES = ("dashboard",)
+# Each service's Prometheus /metrics port, as in docker-compose.yml (the dashboard serves its own on 8000).
+METRICS_PORTS = {"features": "9101", "model": "9102", "metric": "9103", "plot": "9104"}
 
 
 def script_of(service: str) -> Path:
@@ -40,14 +42,14 @@ class Pipeline:
     def command(self, service: str, args: list[str] = ()) -> list[str]:
         return [self.python, str(script_of(service)), *args]
 
-    def start(self, service: str, args: list[str] = ()) -> subprocess.Popen:
+    def start(self, service: str, args: list[str] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             stdout = open(self.output_dir / f"{service}.log", "ab")
         else:
             stdout = None
-        process = subprocess.Popen(self.command(service, list(args)), cwd=ROOT, env=self.env, stdout=stdout,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(self.command(service, list(args)), cwd=ROOT, env={**self.env, **(env or {})},
+                                   stdout=stdout, stderr=subprocess.STDOUT)
         if stdout is not None:
             stdout.close()
         self.processes[service] = process
@@ -80,6 +82,10 @@ class Pipeline:
                 process.wait()
 
 
+def metrics_env(service: str) -> dict[str, str]:
+    return {"METRICS_PORT": METRICS_PORTS[service]} if service in METRICS_PORTS else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", default=os.environ.get("RATE", "1"), help="features: events per second (0: max)")
@@ -102,10 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     services = list(CONSUMERS) + [name for name in OPTIONAL_SERVICES if script_of(name).exists()]
     for service in services:
-        pipeline.start(service)
+        pipeline.start(service, env=metrics_env(service))
     feature_args = ["--rate", str(args.rate)] + (["--count", str(args.count)] if args.count else [])
-    features = pipeline.start("features", feature_args)
+    features = pipeline.start("features", feature_args, env=metrics_env("features"))
     print(f"run_pipeline: started {', '.join(services + ['features'])}; Ctrl-C stops them all", flush=True)
+    ports = ", ".join(f"{name} :{port}" for name, port in METRICS_PORTS.items())
+    dashboard_url = f"http://localhost:{os.environ.get('DASHBOARD_PORT', '8000')}/"
+    dashboard = f"; dashboard on {dashboard_url}" if "dashboard" in services else ""
+    print(f"run_pipeline: Prometheus /metrics on {ports}{dashboard}", flush=True)
 
     exit_code = 0
     while not stopping:

@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run   — venv, dependencies, train, start every service (Ctrl-C stops them)
-#   make test  — venv, dependencies, RabbitMQ if down, the whole test suite
+#   make test  — venv, dependencies, RabbitMQ if down, Chromium if missing, the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,6 +21,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	scripts/ensure_rabbitmq.sh
+	scripts/ensure_chromium.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(VENV)/.installed

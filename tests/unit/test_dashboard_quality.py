@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import max_error, mean_absolute_error, mean_absolute_percentage_error, r2_score, root_mean_squared_error
+from sklearn.metrics import (max_error, mean_absolute_error, mean_absolute_percentage_error, r2_score,
+                             root_mean_squared_error)
 
 from quality import ErrorHistogram, Observation, QualityBoard, Sums, Window
 

@@ -1,0 +1,311 @@
+"""The dashboard as a process against the real RabbitMQ, its page in a real headless Chromium.
+
+The figures on the page and in /api/summary are checked against the CSV computed with numpy and
+scikit-learn; the histogram drawn by Chart.js is read back from the page.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import urllib.request
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pika
+import pytest
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from sklearn.metrics import max_error, mean_absolute_error, mean_absolute_percentage_error, r2_score
+
+from broker import connect, drain, queue_depth
+from browser import Browser
+from conftest import BROKER_HOST, BROKER_PORT, rabbitmqctl
+from mlmonitor.messages import MetricAdded
+from mlmonitor.metric_log import MetricLogWriter, MetricRow
+from mlmonitor.model_store import CARD_NAME, ModelCard
+from mlmonitor.topology import DASHBOARD_EVENTS, METRIC_ADDED, METRIC_EVENTS_EXCHANGE, dead_letter_queue
+from run_pipeline import Pipeline
+from screenshot_dashboard import save_full_page
+from waiting import wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
+
+CARD = ModelCard(version="0123456789ab", trained_at="2026-11-27T09:00:00+00:00", estimator="Ridge(alpha=0.1)",
+                 feature_names=[f"x{i}" for i in range(10)], holdout_mae=42.8, holdout_rmse=53.9, holdout_r2=0.452,
+                 train_rows=353, holdout_rows=89, sklearn_version="1.9.1")
+DECIMALS = {"mae": 2, "rmse": 2, "r2": 3, "mape": 1, "max_error": 2}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_rows(count: int, start: int = 0, seed: int = 0) -> list[MetricRow]:
+    rng = np.random.default_rng(seed)
+    y_true = rng.uniform(25, 346, count).round(1)
+    y_pred = y_true + rng.normal(0, 50, count)
+    return [MetricRow.from_pair(f"event-{start + i}", float(t), float(p)) for i, (t, p) in enumerate(zip(y_true, y_pred))]
+
+
+def append_rows(logs_dir: Path, rows: list[MetricRow]) -> None:
+    writer = MetricLogWriter(logs_dir / "metric_log.csv", fsync=False)
+    try:
+        writer.append(rows)
+    finally:
+        writer.close()
+
+
+def csv_rows(logs_dir: Path) -> list[dict]:
+    with open(logs_dir / "metric_log.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def expected_figures(rows: list[dict]) -> dict:
+    y_true = np.array([float(row["y_true"]) for row in rows])
+    y_pred = np.array([float(row["y_pred"]) for row in rows])
+    return {"count": len(rows), "mae": mean_absolute_error(y_true, y_pred),
+            "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))), "r2": r2_score(y_true, y_pred),
+            "mape": 100 * mean_absolute_percentage_error(y_true, y_pred), "max_error": max_error(y_true, y_pred)}
+
+
+def event_body(row: MetricRow, sent_at: float = 1.0) -> bytes:
+    return MetricAdded(id=row.id, y_true=row.y_true, y_pred=row.y_pred, absolute_error=row.absolute_error,
+                       model_version=CARD.version, sent_at=sent_at).encode()
+
+
+def publish_events(amqp_url: str, bodies: list[bytes]) -> None:
+    """Publishes to the metric_events exchange, as metric does, with confirms."""
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for body in bodies:
+            channel.basic_publish(METRIC_EVENTS_EXCHANGE, METRIC_ADDED, body,
+                                  pika.BasicProperties(delivery_mode=2), mandatory=True)
+    finally:
+        connection.close()
+
+
+def depth(amqp_url: str, queue: str) -> int | None:
+    """Ready messages in the queue; None while it does not exist."""
+    try:
+        return queue_depth(amqp_url, queue)
+    except pika.exceptions.ChannelClosedByBroker:
+        return None
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read()
+
+
+def summary(port: int) -> dict | None:
+    try:
+        return json.loads(get(f"http://127.0.0.1:{port}/api/summary"))
+    except OSError:
+        return None
+
+
+def wait_for_summary(port: int, count: int, timeout: float = 30) -> dict:
+    return wait_until(lambda: (s := summary(port)) is not None and s["count"] == count and s, timeout,
+                      message=f"/api/summary to count {count}")
+
+
+def assert_summary_matches(actual: dict, rows: list[dict]) -> None:
+    for name, value in expected_figures(rows).items():
+        assert actual[name] == pytest.approx(value, rel=1e-9), name
+
+
+def page_number(text: str) -> float:
+    return float(text.replace(",", "").replace("%", "").strip())
+
+
+def assert_page_matches(driver, rows: list[dict]) -> None:
+    """Every figure of the table, per window, against the CSV; displayed rounding allowed, no more."""
+    for window, subset in (("all", rows), ("last_1000", rows[-1000:]), ("last_100", rows[-100:])):
+        wanted = expected_figures(subset)
+        for name, value in wanted.items():
+            cells = driver.find_elements(By.CSS_SELECTOR, f'[data-figure="{window}.{name}"]')
+            assert cells, f"no cell for {window}.{name}"
+            for cell in cells:
+                shown = page_number(cell.text)
+                tolerance = 0 if name == "count" else 0.5 * 10 ** -DECIMALS[name] + 1e-9
+                assert abs(shown - value) <= tolerance, f"{window}.{name}: page shows {cell.text}, CSV gives {value}"
+
+
+def histogram_counts(driver) -> list[int]:
+    return driver.execute_script("return Array.from(Chart.getChart('histogram').data.datasets[0].data)")
+
+
+def shown_count(driver) -> str:
+    return driver.find_element(By.CSS_SELECTOR, '.tile [data-figure="all.count"]').text
+
+
+def fake_service_metrics(dead_lettered: dict[str, int], expired: dict[str, int]):
+    """A /metrics endpoint like metric's, for the dashboard's pipeline panel."""
+    registry = CollectorRegistry()
+    dead = Counter("mlmonitor_messages_dead_lettered_total", "d", ["queue"], registry=registry)
+    halves = Counter("mlmonitor_join_expired_halves_total", "e", ["queue"], registry=registry)
+    for queue, count in dead_lettered.items():
+        dead.labels(queue).inc(count)
+    for queue, count in expired.items():
+        halves.labels(queue).inc(count)
+    port = free_port()
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    return server, f"http://127.0.0.1:{port}/metrics"
+
+
+@pytest.fixture
+def logs_dir(tmp_path: Path) -> Path:
+    return tmp_path / "logs"
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "models"
+    directory.mkdir()
+    (directory / CARD_NAME).write_text(json.dumps(asdict(CARD)))
+    return directory
+
+
+@pytest.fixture
+def pipeline(amqp_url: str, logs_dir: Path, models_dir: Path, tmp_path: Path):
+    pipeline = Pipeline(env={"AMQP_URL": amqp_url, "LOGS_DIR": str(logs_dir), "MODELS_DIR": str(models_dir),
+                             "UPSTREAM_METRICS": "", "PUSH_SECONDS": "0.2"}, output_dir=tmp_path / "output")
+    yield pipeline
+    pipeline.stop_all(grace_seconds=5)
+
+
+@pytest.fixture
+def late_vhost():
+    """(amqp_url, create): a vhost that does not exist until `create()` is called; deleted afterwards."""
+    name = f"test-late-{uuid.uuid4().hex[:12]}"
+
+    def create() -> None:
+        rabbitmqctl("add_vhost", name)
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+
+    yield f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/{name}", create
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
+
+
+def dashboard_log(pipeline: Pipeline) -> str:
+    path = pipeline.output_dir / "dashboard.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_page_shows_the_csv_and_updates_live_in_chromium(pipeline, amqp_url, logs_dir, tmp_path):
+    append_rows(logs_dir, make_rows(300))
+    metrics_server, metrics_url = fake_service_metrics({"y_true": 2, "features": 1}, {"y_true": 2})
+    port = free_port()
+    try:
+        pipeline.start("dashboard", ["--dashboard-port", str(port), "--upstream-metrics", metrics_url,
+                                     "--upstream-seconds", "0.3"])
+        first = wait_for_summary(port, 300)
+        assert_summary_matches(first, csv_rows(logs_dir))
+
+        with Browser() as driver:
+            driver.get(f"http://127.0.0.1:{port}/")
+            WebDriverWait(driver, 30).until(
+                lambda d: d.find_element(By.ID, "connection").text == "live" and shown_count(d) == "300",
+                message="the page to be live with the 300 rows of the CSV")
+            assert_page_matches(driver, csv_rows(logs_dir))
+            assert driver.find_element(By.ID, "model-version").text == CARD.version
+            assert page_number(driver.find_element(By.CSS_SELECTOR, '[data-figure="holdout.mae"]').text) == 42.8
+            WebDriverWait(driver, 30).until(
+                lambda d: d.find_element(By.CSS_SELECTOR, '[data-pipeline="dead_lettered_total"]').text == "3"
+                and d.find_element(By.CSS_SELECTOR, '[data-pipeline="expired_halves_total"]').text == "2",
+                message="the dead-letter and expired-halves counts of the other services")
+
+            before = histogram_counts(driver)
+            errors = np.array([float(row["absolute_error"]) for row in csv_rows(logs_dir)])
+            width = first["histogram"]["bin_width"]
+            assert before == np.histogram(errors, bins=np.arange(len(before) + 1) * width)[0].tolist()
+
+            # metric's way: the rows reach the CSV, then their events the exchange
+            new_rows = make_rows(40, start=300, seed=1)
+            append_rows(logs_dir, new_rows)
+            publish_events(amqp_url, [event_body(row) for row in new_rows]
+                           + [event_body(make_rows(1)[0]), b'{"id": "broken", "y_true": "NaN"}'])
+
+            WebDriverWait(driver, 30).until(lambda d: sum(histogram_counts(d)) == 340 and shown_count(d) == "340",
+                                            message="the histogram and the count to take in the 40 new events")
+            after = histogram_counts(driver)
+            assert after != before
+            assert_page_matches(driver, csv_rows(logs_dir))
+            WebDriverWait(driver, 30).until(
+                lambda d: d.find_element(By.CSS_SELECTOR, '[data-pipeline="dead_lettered_total"]').text == "4",
+                message="the dashboard's own dead-lettered message to be counted")
+            save_full_page(driver, tmp_path / "dashboard.png")
+            assert (tmp_path / "dashboard.png").stat().st_size > 20_000
+    finally:
+        metrics_server.shutdown()
+
+    assert_summary_matches(summary(port), csv_rows(logs_dir))
+    assert queue_depth(amqp_url, METRIC_ADDED) == 42, "plot's queue must still hold every event"
+    wait_until(lambda: queue_depth(amqp_url, DASHBOARD_EVENTS) == 0, message="the dashboard's queue drained")
+    ((body, headers),) = drain(amqp_url, dead_letter_queue(DASHBOARD_EVENTS))
+    assert body == b'{"id": "broken", "y_true": "NaN"}' and "y_true" in headers["x-rejection-reason"]
+
+    metrics = get(f"http://127.0.0.1:{port}/metrics").decode()
+    mae_line = next(line for line in metrics.splitlines() if line.startswith('mlmonitor_quality_mae{window="all"}'))
+    assert float(mae_line.split()[-1]) == pytest.approx(expected_figures(csv_rows(logs_dir))["mae"])
+    assert f'mlmonitor_messages_consumed_total{{queue="{DASHBOARD_EVENTS}"}} 42.0' in metrics
+    assert "mlmonitor_event_age_seconds_count 41.0" in metrics
+    assert "Traceback" not in dashboard_log(pipeline)
+
+
+def test_restart_restores_the_csv_and_the_queue_stays_bounded_while_down(pipeline, amqp_url, logs_dir):
+    append_rows(logs_dir, make_rows(200))
+    port = free_port()
+    args = ["--dashboard-port", str(port), "--queue-max-length", "25"]
+    pipeline.start("dashboard", args)
+    wait_for_summary(port, 200)
+    wait_until(lambda: depth(amqp_url, DASHBOARD_EVENTS) == 0, message="the dashboard's queue declared")
+    pipeline.processes["dashboard"].terminate()
+    assert pipeline.processes["dashboard"].wait(10) == 0, dashboard_log(pipeline)
+
+    while_down = make_rows(100, start=200, seed=2)
+    append_rows(logs_dir, while_down)
+    publish_events(amqp_url, [event_body(row) for row in while_down])
+    assert queue_depth(amqp_url, DASHBOARD_EVENTS) == 25, "the queue keeps only the newest events while down"
+    assert queue_depth(amqp_url, METRIC_ADDED) == 100, "plot's queue is not bounded"
+
+    pipeline.start("dashboard", args)
+    restarted = wait_for_summary(port, 300)
+    wait_until(lambda: queue_depth(amqp_url, DASHBOARD_EVENTS) == 0, message="the 25 queued events consumed")
+    assert_summary_matches(summary(port), csv_rows(logs_dir))
+    assert restarted["windows"]["last_100"]["count"] == 100
+    assert "restored 300 rows" in dashboard_log(pipeline)
+
+
+def test_rows_written_before_its_queue_existed_are_counted_at_connect(pipeline, logs_dir, late_vhost):
+    """First start while the broker is not reachable yet: metric may write rows meanwhile that were
+    never published to a queue of the dashboard's. Once connected (queue declared and bound), the
+    dashboard reads the CSV rows it has not seen."""
+    amqp_url, create_vhost = late_vhost
+    append_rows(logs_dir, make_rows(10))
+    port = free_port()
+    pipeline.env["AMQP_URL"] = amqp_url
+    pipeline.start("dashboard", ["--dashboard-port", str(port)])
+    wait_for_summary(port, 10)
+    wait_until(lambda: "waiting for RabbitMQ" in dashboard_log(pipeline), message="the dashboard to wait for RabbitMQ")
+    append_rows(logs_dir, make_rows(30, start=10))
+    assert summary(port)["count"] == 10
+    create_vhost()
+    wait_for_summary(port, 40)
+    assert_summary_matches(summary(port), csv_rows(logs_dir))

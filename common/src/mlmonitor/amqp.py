@@ -257,6 +257,8 @@ class Session:
             channel.basic_qos(prefetch_count=prefetch,
                               callback=lambda _frame: channel.basic_consume(queue, consumer.on_message))
 
+        if not self._consume_connection.is_open:
+            return  # closed right after opening: the session is ending and the runner reconnects
         self._consume_connection.channel(on_open_callback=on_channel_open)
 
     def publish(self, exchange: str, routing_key: str, body: bytes, on_confirmed: Callable[[], None] | None = None,

@@ -27,5 +27,11 @@ test: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# Throughput, latency, backlog and memory against the broker's limit; see bench/run.py --help.
+# Not part of `make test`: it reports figures, it doesn't pass or fail on them.
+bench: $(VENV)/.installed
+	scripts/ensure_rabbitmq.sh
+	$(PY) bench/run.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) logs/*.csv logs/*.png models/model.skops models/model_card.json

@@ -1,0 +1,149 @@
+"""Writes a benchmark's results: results.md (the table), results.json (every figure), results.png (the
+plot), and one line appended to history.md, so each optimisation's before and after stay side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure  # noqa: E402
+
+SERVICES = ("features", "model", "metric", "plot")
+
+
+def _ms(p: dict | None) -> str:
+    return f"{p['p50']:.0f} / {p['p95']:.0f} / {p['p99']:.0f}" if p else "–"
+
+
+def _load(load: dict) -> str:
+    return " ".join(f"{x:.2f}" for x in load["loadavg"])
+
+
+def table(results: dict) -> str:
+    bare = next((r for r in results["runs"] if r["kind"] == "bare"), None)
+    lines = [
+        "| run | events | sustained ev/s | × bare | to CSV p50 / p95 / p99 ms | to PNG p50 / p95 / p99 ms "
+        "| PNG lag behind row, max ms | deepest ready backlog | peak RSS MB (features / model / metric / plot) "
+        "| load before |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for run in results["runs"]:
+        ratio = run["sustained_eps"] / bare["sustained_eps"] if bare else float("nan")
+        deepest = max(run["backlog"].items(), key=lambda item: item[1]["max"], default=None)
+        deepest_text = f"{deepest[1]['max']} ({deepest[0]})" if deepest else "–"
+        rss = " / ".join(f"{run['peak_rss_mb'].get(s, 0):.0f}" for s in SERVICES)
+        if run["kind"] == "bare":
+            latency, png, lag = _ms(run["latency_sink_ms"]) + " (to last hop)", "–", "–"
+            name = "bare pika, full speed"
+        else:
+            latency, png = _ms(run["latency_csv_ms"]), _ms(run["latency_png_ms"])
+            lag = f"{run['png_lag_ms']['max']:.0f}" if run["png_lag_ms"] else "–"
+            name = "pipeline, full speed" if not run["rate"] else f"pipeline, {run['name']}"
+        lines.append(f"| {name} | {run['count']} | {run['sustained_eps']:.0f} | {ratio:.2f} | {latency} | {png} "
+                     f"| {lag} | {deepest_text} | {rss} | {_load(run['load_before'])} |")
+    return "\n".join(lines)
+
+
+def restore_table(results: dict) -> str:
+    if not results["restore"]:
+        return ""
+    lines = ["| service | rows restored | seconds | peak RSS MB |", "|---|---:|---:|---:|"]
+    for item in results["restore"]:
+        lines.append(f"| {item['service']} | {item['rows']} | {item['seconds']:.2f} | {item['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    return "\n".join([
+        "# Benchmark results",
+        "",
+        f"- when: {results['date']}, commit `{results['commit']}`" + (f", {results['label']}" if results["label"]
+                                                                     else ""),
+        f"- machine: {m['nproc']} cores, {m['cpu']}, {m['ram_gib']} GiB RAM; Python {m['python']}, "
+        f"RabbitMQ {m['rabbitmq']}",
+        f"- load average (1/5/15 min) at start {_load(results['load_start'])}, at end {_load(results['load_end'])}; "
+        f"busiest processes at start: {', '.join(results['load_start']['top'][:3])}",
+        f"- command: `{results['command']}`",
+        "- guarantees on in every run: durable queues, persistent messages, publisher confirms, acks after "
+        "effect, fsync per CSV batch. The bare baseline keeps the broker-side ones (durable, persistent, "
+        "confirms, acks after the downstream confirm) and only decodes and encodes JSON at each hop.",
+        "- latency is from `sent_at` (features creates the event) to the row seen on disk, and to the "
+        "`error_distribution.json` written right after the PNG that includes the row.",
+        "",
+        table(results),
+        "",
+        restore_table(results),
+        "",
+        "![results](results.png)",
+        "",
+    ])
+
+
+def plot(results: dict, path: Path) -> None:
+    figure = Figure(figsize=(13, 4.2), dpi=100)
+    rows_axes, latency_axes, depth_axes = figure.subplots(1, 3)
+    for run in results["runs"]:
+        if run["rate"] == 0:
+            rows = run["timeline"]["rows"]
+            step = run["count"] / max(1, len(rows))
+            label = "bare pika" if run["kind"] == "bare" else "pipeline"
+            rows_axes.plot(rows, [i * step for i in range(len(rows))], label=f"{label}: {run['sustained_eps']:.0f}/s")
+        if run["kind"] == "pipeline":
+            latencies = sorted(run["timeline"]["latency_csv_s"])
+            n = len(latencies)
+            latency_axes.plot([x * 1000 for x in latencies], [(i + 1) / n for i in range(n)], label=run["name"])
+    rows_axes.set(title="events through the pipeline (full speed)", xlabel="seconds", ylabel="events")
+    rows_axes.legend()
+    latency_axes.set(title="latency features → CSV row (CDF)", xlabel="ms", ylabel="fraction", xscale="log")
+    latency_axes.legend(fontsize=8)
+    saturated = next((r for r in results["runs"] if r["kind"] == "pipeline" and r["rate"] == 0), None)
+    if saturated:
+        depths = saturated["timeline"]["depths"]
+        for queue in ("features", "y_true", "y_pred", "metric_added"):
+            depth_axes.plot([t for t, _ in depths], [d[queue] for _, d in depths], label=queue)
+        depth_axes.set(title="ready messages per queue (full speed)", xlabel="seconds", ylabel="messages")
+        depth_axes.legend()
+    for axes in (rows_axes, latency_axes, depth_axes):
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def history_line(results: dict) -> str:
+    bare = next((r for r in results["runs"] if r["kind"] == "bare"), None)
+    saturated = next((r for r in results["runs"] if r["kind"] == "pipeline" and r["rate"] == 0), None)
+    at_500 = next((r for r in results["runs"] if r["kind"] == "pipeline" and r["rate"] == 500), None)
+    restore = {item["service"]: item for item in results["restore"]}
+    cells = [
+        results["date"], results["commit"], results["label"] or "–", _load(results["load_start"]),
+        f"{saturated['sustained_eps']:.0f}" if saturated else "–",
+        f"{bare['sustained_eps']:.0f}" if bare else "–",
+        f"{saturated['sustained_eps'] / bare['sustained_eps']:.2f}" if saturated and bare else "–",
+        f"{at_500['latency_csv_ms']['p99']:.0f}" if at_500 and at_500["latency_csv_ms"] else "–",
+        f"{max(r['png_lag_ms']['max'] for r in results['runs'] if r.get('png_lag_ms')):.0f}"
+        if any(r.get("png_lag_ms") for r in results["runs"]) else "–",
+        " / ".join(f"{restore[s]['seconds']:.2f} s {restore[s]['peak_rss_mb']:.0f} MB" for s in ("metric", "plot")
+                   if s in restore) or "–",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+HISTORY_HEADER = ("| date | commit | change | load at start | pipeline ev/s | bare ev/s | ratio | p99 to CSV at "
+                  "500/s ms | worst PNG lag ms | restore 1M rows: metric / plot |\n"
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---|\n")
+
+
+def write_report(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "results.png")
+    history = out / "history.md"
+    if not history.exists():
+        history.write_text("# Benchmark history\n\nOne line per `make bench` run, newest last.\n\n" + HISTORY_HEADER)
+    with open(history, "a") as handle:
+        handle.write(history_line(results) + "\n")

@@ -1,0 +1,58 @@
+"""Times one service's start-up restore from a metric log and reports its peak RSS, as one JSON line.
+
+    python bench/restore.py metric|plot CSV
+
+metric: opening the log for append (reads back every id it holds); plot: restoring the histogram and
+the counted ids, including the first redraw. Run in a fresh process so RSS is the service's own.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def restore_metric(csv_path: Path) -> int:
+    from mlmonitor.metric_log import MetricLogWriter
+
+    writer = MetricLogWriter(csv_path)
+    try:
+        return len(writer.written_ids)
+    finally:
+        writer.close()
+
+
+def restore_plot(csv_path: Path) -> int:
+    sys.path.insert(0, str(ROOT / "plot" / "src"))
+    from plot import HistogramPlotter, Settings
+
+    with tempfile.TemporaryDirectory() as logs_dir:
+        plotter = HistogramPlotter(Settings(_cli_parse_args=[], logs_dir=Path(logs_dir)))
+        plotter.restore(csv_path)
+        return plotter.histogram.count
+
+
+def main() -> int:
+    service, csv_path = sys.argv[1], Path(sys.argv[2])
+    restore = {"metric": restore_metric, "plot": restore_plot}[service]
+    if service == "plot":
+        sys.path.insert(0, str(ROOT / "plot" / "src"))
+        import plot  # noqa: F401  (imported before the clock starts: the restore is what we time)
+    else:
+        import mlmonitor.metric_log  # noqa: F401
+    started = time.perf_counter()
+    rows = restore(csv_path)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"service": service, "rows": rows, "seconds": seconds, "peak_rss_mb": peak_mb}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""`make bench`: throughput, latency, backlog and memory of the whole pipeline, against the broker's limit.
+
+    .venv/bin/python bench/run.py [--count 20000] [--rates 100,500,1000] [--rate-seconds 20] [--label TEXT]
+
+Each run gets a fresh vhost on the local RabbitMQ and fresh logs; the services run exactly as
+`make run` starts them (scripts/run_pipeline.Pipeline), with every guarantee on (persistent
+messages, confirms, fsync). In order:
+1. bare: the broker's limit for our topology (bench/bare.py), N events;
+2. saturated: `features --rate 0 --count N`;
+3. each fixed rate for --rate-seconds, then the saturated run's sustained rate (is the backlog bounded?);
+4. restore: metric's and plot's start on a generated 1,000,000-row log.
+Results go to bench/results/results.{md,json,png}; one line per run is appended to history.md.
+The benchmark reports; it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pika
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from observe import CsvTail, Probe, Sampler, SummaryTail  # noqa: E402
+from run_pipeline import Pipeline  # noqa: E402
+
+QUEUES = ["features", "y_true", "y_pred", "metric_added"]
+CONSUMED = {"features": "model", "y_true": "metric", "y_pred": "metric", "metric_added": "plot"}
+BROKER_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1")
+BROKER_PORT = int(os.environ.get("BENCH_RABBITMQ_PORT", "5672"))
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", flush=True)
+
+
+# --- the machine and the broker ------------------------------------------------------------------
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+class Vhost:
+    def __enter__(self) -> str:
+        self.name = f"bench-{uuid.uuid4().hex[:10]}"
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        return f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/{self.name}"
+
+    def __exit__(self, *_):
+        rabbitmqctl("delete_vhost", self.name)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")))
+    try:
+        broker = rabbitmqctl("version").strip()
+    except (subprocess.SubprocessError, OSError):
+        broker = "?"
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "rabbitmq": broker}
+
+
+def load_now() -> dict:
+    top = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"], capture_output=True,
+                         text=True).stdout.splitlines()[:5]
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "top": [" ".join(line.split()) for line in top]}
+
+
+def git_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "common", "features", "model",
+                            "metric", "plot", "bench"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return result.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def consumers_ready(amqp_url: str) -> bool:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        counts = []
+        for queue in QUEUES:
+            try:
+                counts.append(channel.queue_declare(queue, passive=True).method.consumer_count)
+            except pika.exceptions.ChannelClosedByBroker:
+                return False  # not declared yet
+        return all(counts)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+def percentiles_ms(values) -> dict | None:
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    if values.size == 0:
+        return None
+    p50, p95, p99 = np.percentile(values, [50, 95, 99]) * 1000
+    return {"p50": p50, "p95": p95, "p99": p99, "max": float(values.max() * 1000), "n": int(values.size)}
+
+
+def sustained_rate(times) -> float:
+    """Events/s between the 10th and the 90th percentile of arrivals: leaves out ramp-up and the tail."""
+    times = np.sort(np.asarray(times, dtype=float))
+    low, high = int(len(times) * 0.1), int(len(times) * 0.9) - 1
+    if high <= low or times[high] <= times[low]:
+        return float("nan")
+    return (high - low) / (times[high] - times[low])
+
+
+def backlog(depths: list[tuple[float, dict[str, int]]]) -> dict:
+    if not depths:
+        return {}
+    half = depths[len(depths) // 2][0]
+    result = {}
+    for queue in QUEUES:
+        series = [sample[queue] for _, sample in depths]
+        second_half = [sample[queue] for t, sample in depths if t >= half]
+        result[queue] = {"max": max(series), "max_second_half": max(second_half), "last": series[-1]}
+    return result
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Path, timeout: float) -> dict:
+    log(f"{name}: {count} events at {'full speed' if not rate else f'{rate:g}/s'}")
+    load_before = load_now()
+    with Vhost() as amqp_url:
+        run_dir = work / "".join(c if c.isalnum() else "_" for c in name)
+        shutil.rmtree(run_dir, ignore_errors=True)  # fresh logs: nothing to restore
+        logs_dir = run_dir / "logs"
+        env = {"AMQP_URL": amqp_url, "LOGS_DIR": str(logs_dir), "MODELS_DIR": str(models_dir), "LOG_LEVEL": "INFO"}
+        pipeline = Pipeline(env=env, output_dir=run_dir / "service-output")
+        threads = []
+        try:
+            for service in ("model", "metric", "plot"):
+                pipeline.start(service)
+            wait_for(lambda: consumers_ready(amqp_url) or _fail_if_dead(pipeline), 60, "the consumers")
+            probe = Probe(amqp_url)
+            csv_tail = CsvTail(logs_dir / "metric_log.csv")
+            summary = SummaryTail(logs_dir / "error_distribution.json")
+            threads = [probe, csv_tail, summary]
+            for thread in threads:
+                thread.start()
+            probe.ready.wait(10)
+            started = time.time()
+            pipeline.start("features", ["--rate", str(rate), "--count", str(count)])
+            sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()})
+            sampler.start()
+            threads.append(sampler)
+            wait_for(lambda: (csv_tail.rows >= count and summary.count >= count and len(probe.sent_at) >= count)
+                     or _fail_if_dead(pipeline, allowed={"features"}), timeout, f"{count} rows drawn", 0.1)
+            finished = time.time()
+            sampler.sample_rss()
+        finally:
+            for thread in threads:
+                thread.stop()
+            pipeline.stop_all()
+        for thread in threads:
+            if thread.error:
+                raise RuntimeError(f"{thread.name} failed: {thread.error!r}")
+    seen_at = np.array(csv_tail.seen_at)
+    sent_at = np.array([probe.sent_at.get(row_id) or np.nan for row_id in csv_tail.ids], dtype=float)
+    drawn_at = np.array(summary.written_at)[np.searchsorted(summary.counts, np.arange(1, len(seen_at) + 1))]
+    result = {
+        "name": name, "count": count, "rate": rate, "kind": "pipeline",
+        "wall_seconds": finished - started,
+        "sustained_eps": sustained_rate(seen_at),
+        "overall_eps": len(seen_at) / (seen_at.max() - started),
+        "latency_csv_ms": percentiles_ms(seen_at - sent_at),
+        "latency_png_ms": percentiles_ms(drawn_at - sent_at),
+        "png_lag_ms": percentiles_ms(drawn_at - seen_at),
+        "redraws": len(summary.counts),
+        "backlog": backlog(sampler.depths),
+        "peak_rss_mb": sampler.peak_rss_mb,
+        "load_before": load_before, "load_after": load_now(),
+        "timeline": {"rows": _thin(seen_at - started),
+                     "depths": [(t - started, d) for t, d in sampler.depths],
+                     "latency_csv_s": _thin(seen_at - sent_at)},
+    }
+    log(f"{name}: {_one_line(result)}")
+    return result
+
+
+def run_bare(count: int, work: Path, timeout: float) -> dict:
+    log(f"bare: {count} events, bare pika, same queues and guarantees")
+    load_before = load_now()
+    stats = work / "bare" / "stats.json"
+    stats.parent.mkdir(parents=True, exist_ok=True)
+    stats.unlink(missing_ok=True)
+    with Vhost() as amqp_url:
+        pipeline = Pipeline(env={"AMQP_URL": amqp_url}, output_dir=work / "bare" / "output")
+        pipeline.command = lambda role, args=(): [pipeline.python, str(ROOT / "bench" / "bare.py"), role,
+                                                  "--amqp-url", amqp_url, *args]
+        probe = Probe(amqp_url)
+        try:
+            for role in ("model", "metric"):
+                pipeline.start(role)
+            pipeline.start("plot", ["--count", str(count), "--stats", str(stats)])
+            wait_for(lambda: consumers_ready(amqp_url) or _fail_if_dead(pipeline), 60, "the bare consumers")
+            probe.start()
+            probe.ready.wait(10)
+            started = time.time()
+            pipeline.start("features", ["--count", str(count)])
+            sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()})
+            sampler.start()
+            wait_for(lambda: stats.exists() or _fail_if_dead(pipeline, allowed={"features"}), timeout,
+                     "the bare sink", 0.1)
+            sampler.stop()
+        finally:
+            probe.stop()
+            pipeline.stop_all()
+    data = json.loads(wait_for(lambda: stats.read_text() if stats.stat().st_size else None, 10, "stats"))
+    arrived, sent = np.array(data["arrived_at"]), np.array(data["sent_at"], dtype=float)
+    result = {"name": "bare", "count": count, "rate": 0, "kind": "bare",
+              "sustained_eps": sustained_rate(arrived), "overall_eps": len(arrived) / (arrived.max() - started),
+              "latency_sink_ms": percentiles_ms(arrived - sent), "backlog": backlog(sampler.depths),
+              "peak_rss_mb": sampler.peak_rss_mb, "load_before": load_before, "load_after": load_now(),
+              "timeline": {"rows": _thin(np.sort(arrived) - started)}}
+    log(f"bare: {_one_line(result)}")
+    return result
+
+
+def run_restore(rows: int, work: Path) -> list[dict]:
+    csv_path = work / "restore" / f"metric_log_{rows}.csv"
+    if not csv_path.exists():
+        log(f"restore: generating {rows} rows in {csv_path}")
+        generate_log(csv_path, rows)
+    results = []
+    for service in ("metric", "plot"):
+        output = subprocess.run([sys.executable, str(ROOT / "bench" / "restore.py"), service, str(csv_path)],
+                                cwd=ROOT, capture_output=True, text=True, check=True, timeout=300).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        log(f"restore: {service} read {result['rows']} rows in {result['seconds']:.2f}s, "
+            f"peak RSS {result['peak_rss_mb']:.0f} MB")
+        results.append(result)
+    return results
+
+
+def generate_log(path: Path, rows: int) -> None:
+    sys.path.insert(0, str(ROOT / "common" / "src"))
+    from mlmonitor.metric_log import HEADER_LINE
+
+    rng = np.random.default_rng(7)
+    y_true = rng.integers(25, 346, rows).astype(float)
+    y_pred = y_true + rng.normal(0, 55, rows)
+    error = np.abs(y_true - y_pred)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as handle:
+        handle.write(HEADER_LINE)
+        for start in range(0, rows, 100_000):
+            stop = min(rows, start + 100_000)
+            handle.write("".join(f"{uuid.uuid4()},{t!r},{p!r},{e!r}\n" for t, p, e in
+                                 zip(y_true[start:stop].tolist(), y_pred[start:stop].tolist(),
+                                     error[start:stop].tolist())))
+    os.replace(temporary, path)
+
+
+def _fail_if_dead(pipeline: Pipeline, allowed: set[str] = frozenset()) -> bool:
+    dead = {name: code for name, code in pipeline.dead().items() if not (name in allowed and code == 0)}
+    if dead:
+        raise RuntimeError(f"services exited: {dead}; see their output under bench/results/tmp")
+    return False
+
+
+def _thin(values, points: int = 2000) -> list[float]:
+    values = np.asarray(values, dtype=float)
+    step = max(1, len(values) // points)
+    return [round(float(v), 4) for v in values[::step]]
+
+
+def _one_line(result: dict) -> str:
+    parts = [f"sustained {result['sustained_eps']:.0f} ev/s"]
+    for key in ("latency_csv_ms", "latency_png_ms", "png_lag_ms", "latency_sink_ms"):
+        if result.get(key):
+            p = result[key]
+            parts.append(f"{key[:-3]} p50/p99/max {p['p50']:.0f}/{p['p99']:.0f}/{p['max']:.0f} ms")
+    deepest = max(result["backlog"].items(), key=lambda item: item[1]["max"], default=None)
+    if deepest:
+        parts.append(f"deepest {deepest[0]} {deepest[1]['max']}")
+    parts.append("RSS " + " ".join(f"{k} {v:.0f}" for k, v in sorted(result["peak_rss_mb"].items())))
+    return "; ".join(parts)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=20000, help="events in the saturated and bare runs")
+    parser.add_argument("--rates", default="100,500,1000", help="fixed rates (events/s); empty for none")
+    parser.add_argument("--rate-seconds", type=float, default=20, help="length of each fixed-rate run")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare-broker baseline")
+    parser.add_argument("--no-sustained", action="store_true", help="skip the run at the sustained rate")
+    parser.add_argument("--restore-rows", type=int, default=1_000_000, help="0 skips the restore measurement")
+    parser.add_argument("--timeout", type=float, default=900, help="longest wait for one run to finish")
+    parser.add_argument("--label", default="", help="what changed, for history.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+
+    work = args.out / "tmp"
+    models_dir = work / "models"
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": git_commit(), "label": args.label,
+               "machine": machine(), "command": "make bench" + (f" ARGS=\"{' '.join(argv or sys.argv[1:])}\""
+                                                              if (argv or sys.argv[1:]) else ""),
+               "load_start": load_now(), "runs": [], "restore": []}
+    log(f"load average {results['load_start']['loadavg']}; busiest: {results['load_start']['top'][:3]}")
+    if Pipeline(env={"MODELS_DIR": str(models_dir)}, output_dir=work / "learn_model").run_to_end("learn_model"):
+        raise SystemExit("learn_model failed")
+    if not args.no_bare:
+        results["runs"].append(run_bare(args.count, work, args.timeout))
+    saturated = run_pipeline("saturated", args.count, 0, models_dir, work, args.timeout)
+    results["runs"].append(saturated)
+    fixed = [(f"{float(rate):g}/s", float(rate)) for rate in args.rates.split(",") if rate.strip()]
+    if not args.no_sustained and np.isfinite(saturated["sustained_eps"]):
+        rate = float(int(saturated["sustained_eps"] // 50 * 50) or 50)
+        fixed.append((f"{rate:g}/s (sustained)", rate))
+    for name, rate in fixed:
+        count = max(1, int(rate * args.rate_seconds))
+        results["runs"].append(run_pipeline(name, count, rate, models_dir, work, args.timeout))
+    if args.restore_rows:
+        results["restore"] = run_restore(args.restore_rows, work)
+    results["load_end"] = load_now()
+
+    from report import write_report
+
+    write_report(results, args.out)
+    log(f"wrote {args.out / 'results.md'}, results.json, results.png; appended history.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,7 +64,7 @@ class Backoff:
 
 
 class Delivery:
-    __slots__ = ("queue", "body", "headers", "redelivered", "tag", "_acks")
+    __slots__ = ("queue", "body", "headers", "redelivered", "tag", "_acks", "dead_lettered")
 
     def __init__(self, queue: str, body: bytes, headers: dict | None, redelivered: bool, tag: int, acks: _AckTracker):
         self.queue = queue
@@ -73,6 +73,7 @@ class Delivery:
         self.redelivered = redelivered
         self.tag = tag
         self._acks = acks
+        self.dead_lettered = False
 
     def ack(self) -> None:
         self._acks.done(self.tag)
@@ -268,8 +269,9 @@ class Session:
         self._publisher.publish(exchange, routing_key, body, headers, on_confirmed)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        if not self.is_open:
-            return
+        if not self.is_open or delivery.dead_lettered:
+            return  # closing, or rejected already (in a batch that hit a bug and is retried singly)
+        delivery.dead_lettered = True
         dlq = dead_letter_queue(delivery.queue)
         headers = dict(delivery.headers)
         headers.update({REASON_HEADER: reason, SOURCE_QUEUE_HEADER: delivery.queue})

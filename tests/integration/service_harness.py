@@ -10,7 +10,7 @@ from pathlib import Path
 import pika
 
 from broker import connect, drain, queue_depth
-from mlmonitor.topology import METRIC_EVENTS_EXCHANGE, declare
+from mlmonitor.topology import METRIC_EVENTS_EXCHANGE, PIPELINE, Topology, declare
 from run_pipeline import Pipeline
 from waiting import wait_until
 
@@ -108,12 +108,13 @@ def wait_for_consumers(amqp_url: str, *queues: str, timeout: float = 60) -> None
                message=f"consumers on {', '.join(queues)}")
 
 
-def declare_topology(amqp_url: str, extra_queue_on_metric_events: str | None = None) -> None:
+def declare_topology(amqp_url: str, topology: Topology = PIPELINE, extra_queue_on_metric_events: str | None = None
+                     ) -> None:
     """Declares what the services declare at connect, so messages published before they run are kept."""
     connection = connect(amqp_url)
     try:
         channel = connection.channel()
-        declare(channel)
+        declare(channel, topology)
         if extra_queue_on_metric_events:
             channel.queue_declare(extra_queue_on_metric_events, durable=True)
             channel.queue_bind(extra_queue_on_metric_events, METRIC_EVENTS_EXCHANGE)

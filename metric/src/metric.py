@@ -4,6 +4,8 @@ publishes `metric_added` to the `metric_events` exchange.
 Both halves stay unacked until the row is on disk and the event is confirmed, so a crash at any
 point redelivers them; the log remembers which ids it holds, so a redelivered pair writes no
 second row (its event is published again, and subscribers drop ids they have already counted).
+A half arriving for a pair this process has already written and announced (say, a prediction the
+model made twice after a broker restart) is acked at once: no partner will come to release it.
 A half whose partner does not come (see JoinBuffer) is dead-lettered with that reason.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -139,9 +142,37 @@ class JoinBuffer(Generic[Ack]):
                 expired.append((queue, halves.pop(oldest.message.id)))
         return expired
 
+    def remove(self, id: str) -> list[Ack]:
+        """Takes out the halves waiting with this id and returns their deliveries."""
+        deliveries = []
+        for halves in self._waiting.values():
+            half = halves.pop(id, None)
+            if half is not None:
+                deliveries += half.deliveries
+        return deliveries
+
     def clear(self) -> None:
         for halves in self._waiting.values():
             halves.clear()
+
+
+class RecentIds:
+    """The last `size` ids added: membership in O(1) and bounded memory."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+
+    def add(self, id: str) -> None:
+        if id not in self._ids:
+            self._ids.add(id)
+            self._order.append(id)
+            if len(self._order) > self._size:
+                self._ids.discard(self._order.popleft())
+
+    def __contains__(self, id: str) -> bool:
+        return id in self._ids
 
 
 def partner_of(queue: str) -> str:
@@ -155,6 +186,7 @@ class MetricJoiner:
         self._clock = clock
         self._buffer: JoinBuffer[Delivery] = JoinBuffer(settings.join_ttl_seconds, settings.join_max_wait_seconds)
         self._unwritten: list[Pair[Delivery]] = []
+        self._announced = RecentIds(100_000)  # pairs written and their event confirmed, by this process
         self._session: Session | None = None
         self._rows = EventLog(log, "rows written")
 
@@ -181,6 +213,9 @@ class MetricJoiner:
             except InvalidMessage as invalid:
                 self._session.dead_letter(delivery, invalid.reason)
                 continue
+            if message.id in self._announced:
+                delivery.ack()  # a duplicate: its row and its event exist
+                continue
             pair = self._buffer.add(delivery.queue, message, delivery, now)
             if pair is not None:
                 pairs.append(pair)
@@ -202,7 +237,12 @@ class MetricJoiner:
                              row.id, row.y_true, row.y_pred, row.absolute_error)
         for pair in pairs:
             self._session.publish(METRIC_EVENTS_EXCHANGE, METRIC_ADDED, pair.event().encode(),
-                                  on_confirmed=lambda deliveries=pair.deliveries: _ack_all(deliveries))
+                                  on_confirmed=lambda pair=pair: self._announced_pair(pair))
+
+    def _announced_pair(self, pair: Pair[Delivery]) -> None:
+        self._announced.add(pair.id)
+        _ack_all(pair.deliveries + self._buffer.remove(pair.id))  # with duplicates that came meanwhile
+        JOIN_BUFFER_HALVES.set(len(self._buffer))
 
     def _retry_unwritten(self) -> None:
         if self._unwritten:

@@ -134,3 +134,19 @@ def test_events_for_ids_already_counted_are_acked_but_not_counted_again(tmp_path
     plotter.redraw_if_changed()
     assert plotter.rendered == [1, 2]
     assert [d.acked for d in deliveries] == [1, 1, 1]
+
+
+def test_redrawing_one_figure_shows_the_new_counts_and_matches_a_fresh_drawing(tmp_path):
+    from plot import HistogramFigure
+
+    histogram = ErrorHistogram()
+    histogram.add_many(np.array([1.0, 4.0, 4.5, 30.0] * 10))
+    figure = HistogramFigure()
+    figure.render(histogram, tmp_path / "first.png")
+    histogram.add_many(np.array([12.0] * 5))  # same axis limits: only the bars and the text change
+    figure.render(histogram, tmp_path / "blitted.png")
+    render_histogram(histogram, tmp_path / "fresh.png")
+    first, blitted, fresh = (matplotlib.image.imread(tmp_path / f"{name}.png") for name in ("first", "blitted", "fresh"))
+    assert np.abs(blitted - first).sum() > 0
+    changed = np.abs(blitted - fresh).max(axis=2) > 0.05
+    assert changed.mean() < 0.005, "a redrawn figure differs from a fresh one beyond the clock in its text box"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import uuid
 
@@ -236,8 +237,10 @@ class Plot(Node):
         self.arrived_at.append(time.time())
         self.sent_at.append(message.get("sent_at"))
         if len(self._seen) == self._count:
-            with open(self._stats_path, "w") as handle:
+            temporary = f"{self._stats_path}.tmp"
+            with open(temporary, "w") as handle:
                 json.dump({"arrived_at": self.arrived_at, "sent_at": self.sent_at}, handle)
+            os.replace(temporary, self._stats_path)  # the bench waits for the file: never show it half written
             self.connection.ioloop.call_later(0.2, self.stop)  # let the last acks out
 
 

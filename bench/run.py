@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ QUEUES = ["features", "y_true", "y_pred", "metric_added"]
 CONSUMED = {"features": "model", "y_true": "metric", "y_pred": "metric", "metric_added": "plot"}
 BROKER_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("BENCH_RABBITMQ_PORT", "5672"))
+PROFILE = False  # --profile: py-spy each service (needs `pip install py-spy`); slows the run
 
 
 def log(message: str) -> None:
@@ -175,6 +177,7 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
             sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()})
             sampler.start()
             threads.append(sampler)
+            profilers = start_profilers(pipeline, run_dir) if PROFILE else []
             wait_for(lambda: (csv_tail.rows >= count and summary.count >= count and len(probe.sent_at) >= count)
                      or _fail_if_dead(pipeline, allowed={"features"}), timeout, f"{count} rows drawn", 0.1)
             finished = time.time()
@@ -182,6 +185,9 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
         finally:
             for thread in threads:
                 thread.stop()
+            for profiler in locals().get("profilers", []):
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                profiler.wait(30)
             pipeline.stop_all()
         for thread in threads:
             if thread.error:
@@ -207,6 +213,16 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
     }
     log(f"{name}: {_one_line(result)}")
     return result
+
+
+def start_profilers(pipeline: Pipeline, run_dir: Path) -> list[subprocess.Popen]:
+    """py-spy on every service (bench/run.py --profile): collapsed stacks in <run>/profile/<service>.txt."""
+    (run_dir / "profile").mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(process.pid),
+                              "--rate", "100", "--format", "raw", "--nonblocking",
+                              "--output", str(run_dir / "profile" / f"{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, process in pipeline.processes.items()]
 
 
 def run_bare(count: int, work: Path, timeout: float) -> dict:
@@ -237,7 +253,7 @@ def run_bare(count: int, work: Path, timeout: float) -> dict:
         finally:
             probe.stop()
             pipeline.stop_all()
-    data = json.loads(wait_for(lambda: stats.read_text() if stats.stat().st_size else None, 10, "stats"))
+    data = json.loads(stats.read_text())
     arrived, sent = np.array(data["arrived_at"]), np.array(data["sent_at"], dtype=float)
     result = {"name": "bare", "count": count, "rate": 0, "kind": "bare",
               "sustained_eps": sustained_rate(arrived), "overall_eps": len(arrived) / (arrived.max() - started),
@@ -321,9 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sustained", action="store_true", help="skip the run at the sustained rate")
     parser.add_argument("--restore-rows", type=int, default=1_000_000, help="0 skips the restore measurement")
     parser.add_argument("--timeout", type=float, default=900, help="longest wait for one run to finish")
+    parser.add_argument("--profile", action="store_true", help="record py-spy stacks of each service")
     parser.add_argument("--label", default="", help="what changed, for history.md")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
+    global PROFILE
+    PROFILE = args.profile
 
     work = args.out / "tmp"
     models_dir = work / "models"

@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
+
+import numpy as np
 
 WINDOW_SIZES = (100, 1000)
 RECENT_POINTS = 1000
+BULK_MIN = 5000  # from this many new observations at once (a restore), sums and histogram use numpy
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     id: str
     y_true: float
     y_pred: float
@@ -53,6 +54,34 @@ class Sums:
         for y_true, y_pred in pairs:
             sums.add(y_true, y_pred)
         return sums
+
+    @classmethod
+    def of_arrays(cls, y_true: np.ndarray, y_pred: np.ndarray) -> Sums:
+        sums = cls()
+        errors = np.abs(y_true - y_pred)
+        nonzero = y_true != 0
+        sums.count = int(y_true.size)
+        sums.abs_error = float(errors.sum())
+        sums.squared_error = float(np.square(errors).sum())
+        sums.mean_y = float(y_true.mean()) if y_true.size else 0.0
+        sums.m2_y = float(np.square(y_true - sums.mean_y).sum())
+        sums.pct_error = float((errors[nonzero] / np.abs(y_true[nonzero])).sum())
+        sums.pct_count = int(nonzero.sum())
+        return sums
+
+    def merge(self, other: Sums) -> None:
+        """Adds another set's sums to these (Chan et al.'s parallel update for the spread)."""
+        count = self.count + other.count
+        if not other.count:
+            return
+        delta = other.mean_y - self.mean_y
+        self.m2_y += other.m2_y + delta * delta * self.count * other.count / count
+        self.mean_y += delta * other.count / count
+        self.count = count
+        self.abs_error += other.abs_error
+        self.squared_error += other.squared_error
+        self.pct_error += other.pct_error
+        self.pct_count += other.pct_count
 
     def add(self, y_true: float, y_pred: float) -> None:
         error = abs(y_true - y_pred)
@@ -143,11 +172,20 @@ class ErrorHistogram:
         self.width = initial_width
 
     def add(self, error: float) -> None:
+        self._widen_for(error)
+        self.counts[int(error // self.width)] += 1
+
+    def add_many(self, errors: np.ndarray) -> None:
+        if errors.size:
+            self._widen_for(float(errors.max()))
+            added = np.bincount((errors // self.width).astype(np.int64), minlength=len(self.counts))
+            self.counts = [count + int(more) for count, more in zip(self.counts, added)]
+
+    def _widen_for(self, error: float) -> None:
         while error >= self.width * len(self.counts):
             merged = [self.counts[i] + self.counts[i + 1] for i in range(0, len(self.counts), 2)]
             self.counts = merged + [0] * len(merged)
             self.width *= 2
-        self.counts[int(error // self.width)] += 1
 
     def shown(self, min_bins: int = 10) -> dict:
         """The bins up to the last one in use (at least `min_bins`), for drawing."""
@@ -168,6 +206,7 @@ class QualityBoard:
         self._recent: deque[tuple[int, float, float | None]] = deque(maxlen=recent_points)  # (seq, error, MAE)
         self._histogram = ErrorHistogram()
         self._smallest_window = self._windows[min(window_sizes)]
+        self._tail_length = max(max(window_sizes), recent_points + min(window_sizes))
         self.last_event_at: float | None = None
         self.model_version: str | None = None
 
@@ -178,17 +217,20 @@ class QualityBoard:
     def add(self, observations: Iterable[Observation], arrived_at: float | None = None) -> int:
         """Counts the observations whose id is new; returns how many were. `arrived_at` is the time
         live events came in (None for rows restored from the CSV)."""
-        counted = 0
         with self._lock:
+            fresh = []
             for observation in observations:
-                if observation.id in self._ids:
-                    continue
-                self._ids.add(observation.id)
-                self._count(observation)
-                counted += 1
-            if counted and arrived_at is not None:
+                if observation.id not in self._ids:
+                    self._ids.add(observation.id)
+                    fresh.append(observation)
+            if len(fresh) >= BULK_MIN:
+                self._count_bulk(fresh)
+            else:
+                for observation in fresh:
+                    self._count(observation)
+            if fresh and arrived_at is not None:
                 self.last_event_at = arrived_at
-        return counted
+        return len(fresh)
 
     def _count(self, observation: Observation) -> None:
         y_true, y_pred, error = observation.y_true, observation.y_pred, observation.error
@@ -201,6 +243,24 @@ class QualityBoard:
         self._histogram.add(error)
         if observation.model_version:
             self.model_version = observation.model_version
+
+    def _count_bulk(self, fresh: list[Observation]) -> None:
+        """Same result as counting one by one: numpy for the sums and the histogram; only the last
+        events, all that the windows and the recent series can hold, go through them."""
+        y_true = np.fromiter((o.y_true for o in fresh), dtype=float, count=len(fresh))
+        y_pred = np.fromiter((o.y_pred for o in fresh), dtype=float, count=len(fresh))
+        errors = np.abs(y_true - y_pred)
+        first_seq = self._overall.count + 1
+        self._overall.merge(Sums.of_arrays(y_true, y_pred))
+        self._max_error = max(self._max_error, float(errors.max()))
+        self._histogram.add_many(errors)
+        start = max(0, len(fresh) - self._tail_length)
+        for index in range(start, len(fresh)):
+            y, p, error, seq = float(y_true[index]), float(y_pred[index]), float(errors[index]), first_seq + index
+            for window in self._windows.values():
+                window.add(seq, y, p, error)
+            self._recent.append((seq, error, self._smallest_window.mae))
+        self.model_version = next((o.model_version for o in reversed(fresh) if o.model_version), self.model_version)
 
     def figures(self) -> dict[str, dict]:
         """The figures alone, by window: "all", "last_100", "last_1000"."""

@@ -156,3 +156,23 @@ def test_histogram_shows_at_least_ten_bins_up_to_the_last_used():
     assert histogram.shown()["counts"] == [0] * 10
     histogram.add(71.0)
     assert histogram.shown()["counts"] == [0] * 14 + [1]
+
+
+@pytest.mark.parametrize("before", [0, 1, 150, 3000])
+def test_a_bulk_restore_gives_what_counting_one_by_one_gives(before):
+    rows = observations(before + 12_345, seed=before)
+    rows[-7] = Observation(rows[-7].id, rows[-7].y_true, rows[-7].y_pred, "v7")
+    one_by_one, bulk = QualityBoard(), QualityBoard()
+    for row in rows:
+        one_by_one.add([row])
+    bulk.add(rows[:before])
+    assert bulk.add(rows[before:] + rows[:5]) == 12_345  # the bulk path, duplicates included
+    expected_snapshot, actual = one_by_one.snapshot(), bulk.snapshot()
+    assert actual["histogram"] == expected_snapshot["histogram"]
+    assert actual["recent"]["seq"] == expected_snapshot["recent"]["seq"]
+    assert actual["recent"]["absolute_error"] == pytest.approx(expected_snapshot["recent"]["absolute_error"])
+    assert actual["recent"]["rolling_mae"] == pytest.approx(expected_snapshot["recent"]["rolling_mae"])
+    assert actual["events_model_version"] == "v7"
+    assert_figures(actual, rows)
+    for size in (100, 1000):
+        assert_figures(actual["windows"][f"last_{size}"], rows[-size:])

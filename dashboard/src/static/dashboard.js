@@ -77,6 +77,8 @@ function drawOverTime(state) {
   overTime.data.datasets[0].data = seq.map((x, i) => ({x, y: errors[i]}));
   overTime.data.datasets[1].data = seq.map((x, i) => ({x, y: mae[i]}));
   overTime.data.datasets[1].label = `MAE, last ${window}`;
+  overTime.options.scales.x.min = seq.length ? seq[0] : undefined;
+  overTime.options.scales.x.max = seq.length ? seq[seq.length - 1] : undefined;
   overTime.update("none");
 }
 
@@ -105,16 +107,17 @@ function drawPipeline(state) {
     cell.textContent = value === null || value === undefined ? "—" : value.toLocaleString("en-US");
   }
   const queues = [...new Set([...Object.keys(pipeline.dead_lettered), ...Object.keys(pipeline.expired_halves)])].sort();
-  const body = document.querySelector("#dead-letters tbody");
-  body.replaceChildren(...queues.map((queue) => {
-    const row = document.createElement("tr");
-    for (const text of [queue, pipeline.dead_lettered[queue] ?? 0, pipeline.expired_halves[queue] ?? 0]) {
-      const cell = document.createElement("td");
-      cell.textContent = text;
-      row.append(cell);
-    }
-    return row;
-  }));
+  const rows = queues.map((queue) => [queue, pipeline.dead_lettered[queue] ?? 0, pipeline.expired_halves[queue] ?? 0]);
+  document.querySelector("#dead-letters tbody").replaceChildren(
+    ...(rows.length ? rows : [["no queue has dead-lettered a message", "", ""]]).map((texts) => {
+      const row = document.createElement("tr");
+      for (const text of texts) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      return row;
+    }));
   const reachable = pipeline.sources.filter((source) => source.reachable).length;
   const unreachable = pipeline.sources.filter((source) => !source.reachable).map((source) => source.url);
   document.getElementById("sources").textContent = `read from ${reachable} of ${pipeline.sources.length} services' /metrics` +

@@ -14,7 +14,8 @@ def configure_logging(service: str, level: str = "INFO") -> logging.Logger:
         format=f"%(asctime)s {service} %(levelname)s %(message)s",
         force=True,
     )
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs each failed connect with tracebacks; the runtime reports every failure in one line
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     return logging.getLogger(service)
 
 

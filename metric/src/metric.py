@@ -223,7 +223,10 @@ class MetricJoiner:
         if pairs:
             self._write_and_publish(pairs)
 
-    def _write_and_publish(self, pairs: list[Pair[Delivery]]) -> None:
+    def _write_and_publish(self, pairs: list[Pair[Delivery]], retrying: bool = False) -> None:
+        if self._unwritten and not retrying:
+            self._unwritten.extend(pairs)  # the log is failing: they wait for the next retry
+            return
         try:
             written = self._log.append(pair.row() for pair in pairs)
         except OSError as error:
@@ -247,7 +250,7 @@ class MetricJoiner:
     def _retry_unwritten(self) -> None:
         if self._unwritten:
             pairs, self._unwritten = self._unwritten, []
-            self._write_and_publish(pairs)
+            self._write_and_publish(pairs, retrying=True)
 
     def _expire_halves(self) -> None:
         for queue, half in self._buffer.expire(self._clock()):

@@ -1,0 +1,199 @@
+"""The faults, one function each, and the two profiles: `quick` (CI, in `make test`) and `full` (`make faults`).
+
+Each scenario injects its faults at random moments mid-stream (drawn from the suite's seed, as a
+fraction of the events that have rows), heals them, and measures how long the pipeline took to
+make progress again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from harness import SERVICES, ScenarioRun, established_to, wait_for
+
+CONSUMERS = ("model", "metric", "plot")
+WATCH = {"features": "confirmed", "model": "rows", "metric": "rows", "plot": "plot"}
+EVERYTHING = ("confirmed", "rows", "plot")
+
+
+def watches(victims) -> tuple[str, ...]:
+    return tuple(sorted({WATCH[victim] for victim in victims}))
+
+
+def no_faults(run: ScenarioRun, repeats: int) -> None:
+    pass
+
+
+def kill(victim: str) -> Callable[[ScenarioRun, int], None]:
+    def inject(run: ScenarioRun, repeats: int) -> None:
+        for moment in run.random_moments(repeats):
+            run.at_fraction(moment)
+            run.kill(victim)
+            healed = time.monotonic()
+            run.start(victim)
+            run.recovered(f"SIGKILL {victim}", healed, (victim,), watches([victim]))
+    return inject
+
+
+def kill_two_at_once(run: ScenarioRun, repeats: int) -> None:
+    for moment in run.random_moments(repeats):
+        run.at_fraction(moment)
+        pair = tuple(run.rng.sample(SERVICES, 2))
+        run.kill(*pair)
+        healed = time.monotonic()
+        for victim in pair:
+            run.start(victim)
+        run.recovered(f"SIGKILL {' + '.join(pair)}", healed, pair, watches(pair))
+
+
+def broker_stop_app(run: ScenarioRun, repeats: int) -> None:
+    for moment in run.random_moments(repeats):
+        run.at_fraction(moment)
+        run.broker.stop_app()
+        run.journal(f"rabbitmqctl stop_app done at {run.rows()} rows")
+        wait_for(lambda: not any(run.connected(service) for service in CONSUMERS), 30, "services to notice")
+        time.sleep(run.rng.uniform(0.5, 3.0))  # the outage itself; correctness waits on conditions
+        healed = run.broker.start_app()
+        run.recovered("rabbitmqctl stop_app / start_app", healed, SERVICES, EVERYTHING)
+
+
+def broker_kill(run: ScenarioRun, repeats: int) -> None:
+    for moment in run.random_moments(repeats):
+        run.at_fraction(moment)
+        run.broker.kill()
+        run.journal(f"SIGKILLed beam.smp of {run.broker.node} at {run.rows()} rows")
+        healed = run.broker.start()
+        run.recovered("SIGKILL beam.smp, start the node", healed, SERVICES, EVERYTHING)
+
+
+def services_before_broker(run: ScenarioRun, repeats: int) -> None:
+    run.journal("rabbitmqctl stop: the node is down")
+    run.broker.stop()
+    run.start_all()
+    for service in SERVICES:
+        if not wait_for(lambda: "waiting for RabbitMQ" in run.output(service), 60, f"{service} to wait"):
+            run.result.problems.append(f"{service} did not say it is waiting for RabbitMQ")
+    healed = run.broker.start()
+    run.recovered("services up 'waiting for RabbitMQ', then the node starts", healed, SERVICES, EVERYTHING)
+
+
+def malformed(run: ScenarioRun, repeats: int) -> None:
+    for round_number, moment in enumerate(run.random_moments(repeats)):
+        run.at_fraction(moment)
+        run.inject_malformed(round_number)
+
+
+def consumer_hangs(run: ScenarioRun, repeats: int) -> None:
+    """SIGSTOPs a consumer until the broker drops it for missed heartbeats (URL ?heartbeat=2), then SIGCONT."""
+    victims = itertools.cycle(run.rng.sample(CONSUMERS, len(CONSUMERS)))
+    for moment, victim in zip(run.random_moments(repeats), victims):
+        run.at_fraction(moment)
+        pid = run.process(victim).pid
+        stopped = time.monotonic()
+        run.signal([victim], signal.SIGSTOP)
+        dropped = wait_for(lambda: established_to(pid, run.broker.port) == 0, 60, "the broker to drop it")
+        hung = time.monotonic() - stopped
+        run.signal([victim], signal.SIGCONT)
+        if not dropped:
+            run.result.problems.append(f"the broker kept {victim}'s connections for 60s without heartbeats")
+        run.recovered(f"{victim} hung {hung:.0f}s (past 2 heartbeats)", time.monotonic(), (victim,),
+                      watches([victim]))
+
+
+def network_blip(run: ScenarioRun, repeats: int) -> None:
+    """Resets one service's TCP connections at its proxy, refusing new ones for up to 2 s."""
+    victims = itertools.cycle(run.rng.sample(SERVICES, len(SERVICES)))
+    for moment, victim in zip(run.random_moments(repeats), victims):
+        run.at_fraction(moment)
+        down = run.rng.uniform(0.0, 2.0)
+        cut = run.proxies[victim].cut(down)
+        run.journal(f"cut {cut} connections of {victim} for {down:.1f}s at {run.rows()} rows")
+        healed = time.monotonic() + down
+        run.recovered(f"network cut under {victim} ({cut} connections, {down:.1f}s down)", healed, (victim,),
+                      watches([victim]))
+
+
+def closed_by_broker(run: ScenarioRun, repeats: int) -> None:
+    """rabbitmqctl close_connection on one service's connections (found by their client ports)."""
+    victims = itertools.cycle(run.rng.sample(SERVICES, len(SERVICES)))
+    for moment, victim in zip(run.random_moments(repeats), victims):
+        run.at_fraction(moment)
+        connections = run.broker.connections_of(run.vhost, run.process(victim).pid)
+        run.journal(f"close_connection {' '.join(connections)} of {victim} at {run.rows()} rows")
+        run.broker.close_connections(connections)
+        run.recovered(f"broker closed {victim}'s {len(connections)} connections", time.monotonic(), (victim,),
+                      watches([victim]))
+
+
+def disk_full(run: ScenarioRun, repeats: int) -> None:
+    """Fills the tmpfs under logs/ until metric has retried twice, checks that no row was written
+    meanwhile and that metric said so clearly (one error line per retry, not one per batch), frees it."""
+    for moment in run.random_moments(repeats):
+        run.at_fraction(moment)
+        seen = len(run.output("metric"))
+        filler = run.fill_disk()
+        full_since = time.monotonic()
+        run.journal(f"filled logs/ at {run.rows()} rows")
+
+        def errors() -> list[str]:
+            return [line for line in run.output("metric")[seen:].splitlines() if "No space left on device" in line]
+
+        if not wait_for(lambda: errors(), 60, "metric to report the full disk"):
+            run.result.problems.append("metric wrote no error about the full disk within 60s")
+        rows_while_full = run.rows()
+        wait_for(lambda: len(errors()) >= 3, 30, "metric to retry")
+        held = time.monotonic() - full_since
+        if run.rows() != rows_while_full:
+            run.result.problems.append("rows were written while the disk was full")
+        lines = errors()
+        if lines and "can't write" not in lines[0]:
+            run.result.problems.append(f"unclear disk error: {lines[0]}")
+        if len(lines) > held + 2:
+            run.result.problems.append(f"metric logged {len(lines)} disk errors in {held:.1f}s, not one per retry")
+        filler.unlink()
+        run.journal(f"freed logs/ after {held:.1f}s")
+        run.recovered(f"logs/ full for {held:.0f}s", time.monotonic(), ("metric", "plot"), ("plot", "rows"))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    inject: Callable[[ScenarioRun, int], None]
+    repeats: int = 3
+    quick_repeats: int = 0  # 0: not in the quick profile
+    private_broker: bool = False
+    url_query: str = ""
+    proxied: bool = False
+    logs_on_tmpfs: str | None = None
+    starts_services: bool = False  # the scenario starts them itself
+    events_scale: float = 1.0  # a longer stream, for faults that take long to inject (rabbitmqctl)
+
+
+SCENARIOS = (
+    Scenario("no faults", no_faults, repeats=0, quick_repeats=0),
+    Scenario("SIGKILL features", kill("features")),
+    Scenario("SIGKILL model", kill("model")),
+    Scenario("SIGKILL metric", kill("metric")),
+    Scenario("SIGKILL plot", kill("plot")),
+    Scenario("SIGKILL two at once", kill_two_at_once, repeats=4, quick_repeats=2),
+    Scenario("broker stop_app/start_app", broker_stop_app, repeats=2, private_broker=True, events_scale=2),
+    Scenario("broker killed, restarted", broker_kill, repeats=2, quick_repeats=1, private_broker=True,
+             events_scale=2),
+    Scenario("services before broker", services_before_broker, repeats=1, private_broker=True,
+             starts_services=True),
+    Scenario("malformed into every queue", malformed, quick_repeats=1),
+    Scenario("consumer hangs past heartbeat", consumer_hangs, quick_repeats=1, url_query="heartbeat=2"),
+    Scenario("network blip (proxy cut)", network_blip, repeats=4, quick_repeats=2, proxied=True),
+    Scenario("connection closed by broker", closed_by_broker, repeats=4, events_scale=2),
+    Scenario("logs/ disk full", disk_full, repeats=2, quick_repeats=1, logs_on_tmpfs="16m"),
+)
+
+PROFILES = {
+    # name: (events, rate per second, scenarios with their repeats)
+    "quick": (1200, 120, [(s, s.quick_repeats) for s in SCENARIOS if s.quick_repeats]),
+    "full": (5000, 150, [(s, s.repeats) for s in SCENARIOS]),
+}

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SERVICES := learn_model features model metric plot $(patsubst %/requirements.txt,%,$(wildcard dashboard/requirements.txt))
 REQUIREMENTS := $(foreach s,$(SERVICES),$(s)/requirements.txt)
 
-.PHONY: run test unit bench clean
+.PHONY: run test unit bench faults clean
 
 $(VENV)/.installed: $(REQUIREMENTS) requirements-dev.txt common/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ unit: $(VENV)/.installed
 bench: $(VENV)/.installed
 	scripts/ensure_rabbitmq.sh
 	$(PY) bench/run.py $(ARGS)
+
+# Every fault scenario, full length, with its table (tests/faults/run.py --help); about 20 minutes.
+# `make test` runs the quick profile (tests/faults/test_fault_suite.py). The full-disk scenario mounts a tmpfs:
+# without root it is reported as skipped.
+faults: $(VENV)/.installed
+	scripts/ensure_rabbitmq.sh
+	$(PY) tests/faults/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) logs/*.csv logs/*.png models/model.skops models/model_card.json

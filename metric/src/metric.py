@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -76,6 +77,16 @@ class Pair(Generic[Ack]):
         row = self.row()
         return MetricAdded(id=row.id, y_true=row.y_true, y_pred=row.y_pred, absolute_error=row.absolute_error,
                            model_version=self.y_pred.model_version, sent_at=self.y_true.sent_at)
+
+
+@dataclass
+class Unsynced:
+    """One batch written to the log, from byte `start` to `end`, waiting for an fsync past `end`."""
+
+    start: int
+    end: int
+    pairs: list[Pair]
+    ids: list[str]  # the rows it wrote (pairs already in the log write none)
 
 
 class TrafficClock:
@@ -186,6 +197,9 @@ class MetricJoiner:
         self._clock = clock
         self._buffer: JoinBuffer[Delivery] = JoinBuffer(settings.join_ttl_seconds, settings.join_max_wait_seconds)
         self._unwritten: list[Pair[Delivery]] = []
+        self._unsynced: deque[Unsynced] = deque()  # written, waiting for an fsync to cover them
+        self._sync_in_flight = False
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._announced = RecentIds(100_000)  # pairs written and their event confirmed, by this process
         self._session: Session | None = None
         self._rows = EventLog(log, "rows written")
@@ -202,6 +216,8 @@ class MetricJoiner:
         self._session = None
         self._buffer.clear()
         self._unwritten.clear()
+        self._unsynced.clear()  # their rows stay written; the redelivered pairs wait for the next fsync
+        self._sync_in_flight = False
         JOIN_BUFFER_HALVES.set(0)
 
     def on_batch(self, deliveries: list[Delivery]) -> None:
@@ -227,8 +243,9 @@ class MetricJoiner:
         if self._unwritten and not retrying:
             self._unwritten.extend(pairs)  # the log is failing: they wait for the next retry
             return
+        start = self._log.size
         try:
-            written = self._log.append(pair.row() for pair in pairs)
+            written = self._log.append((pair.row() for pair in pairs), durable=False)
         except OSError as error:
             log.error("can't write %s: %s; holding %d rows unacked and retrying every second",
                       self._log.path, error, len(pairs))
@@ -238,9 +255,40 @@ class MetricJoiner:
         for row in written:
             self._rows.event("wrote row %s: y_true %.1f, y_pred %.1f, absolute error %.2f",
                              row.id, row.y_true, row.y_pred, row.absolute_error)
-        for pair in pairs:
-            self._session.publish(METRIC_EVENTS_EXCHANGE, METRIC_ADDED, pair.event().encode(),
-                                  on_confirmed=lambda pair=pair: self._announced_pair(pair))
+        self._unsynced.append(Unsynced(start, self._log.size, pairs, [row.id for row in written]))
+        self._sync()
+
+    def _sync(self) -> None:
+        """Group commit: one fsync at a time, on the fsync thread, covering every row written before
+        it started; rows written meanwhile wait for the next one. The IO loop never waits for the disk."""
+        if self._sync_in_flight or not self._unsynced:
+            return
+        self._sync_in_flight = True
+        session = self._session
+        self._syncer.submit(self._log.sync).add_done_callback(
+            lambda done: session.call_threadsafe(lambda: self._synced(done)))
+
+    def _synced(self, done: Future[int]) -> None:
+        self._sync_in_flight = False
+        try:
+            durable_size = done.result()
+        except OSError as error:
+            failed = list(self._unsynced)
+            self._unsynced.clear()
+            self._log.roll_back(failed[0].start, [row_id for batch in failed for row_id in batch.ids])
+            pairs = [pair for batch in failed for pair in batch.pairs]
+            log.error("can't sync %s: %s; took back %d rows, holding them unacked and retrying every second",
+                      self._log.path, error, len(pairs))
+            self._unwritten.extend(pairs)
+            return
+        while self._unsynced and self._unsynced[0].end <= durable_size:
+            for pair in self._unsynced.popleft().pairs:
+                self._session.publish(METRIC_EVENTS_EXCHANGE, METRIC_ADDED, pair.event().encode(),
+                                      on_confirmed=lambda pair=pair: self._announced_pair(pair))
+        self._sync()
+
+    def close(self) -> None:
+        self._syncer.shutdown(wait=True)
 
     def _announced_pair(self, pair: Pair[Delivery]) -> None:
         self._announced.add(pair.id)
@@ -274,9 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = start_service("metric", Settings, argv)
     metric_log = MetricLogWriter(settings.logs_dir / "metric_log.csv", fsync=settings.fsync)
     log.info("appending to %s, which holds %d rows", metric_log.path, len(metric_log.written_ids))
+    joiner = MetricJoiner(settings, metric_log)
     try:
-        return run_worker(MetricJoiner(settings, metric_log), settings.amqp_url)
+        return run_worker(joiner, settings.amqp_url)
     finally:
+        joiner.close()
         metric_log.close()
 
 

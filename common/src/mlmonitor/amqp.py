@@ -292,6 +292,19 @@ class Session:
 
         self.ioloop.call_later(delay, fire)
 
+    def call_threadsafe(self, callback: Callable[[], None]) -> None:
+        """From another thread: runs `callback` on the IO loop soon, unless the session has closed by then."""
+
+        def fire():
+            if self.is_open:
+                self.run_safely(callback)
+
+        try:
+            self.ioloop.add_callback_threadsafe(fire)
+        except Exception:  # the loop is gone: the session closed, and so the callback is void anyway
+            if self.is_open:
+                raise
+
     def every(self, interval: float, callback: Callable[[], None]) -> None:
         def tick():
             callback()

@@ -131,7 +131,12 @@ def _complete_lines(lines: Iterable[str]) -> Iterator[str]:
 
 
 class MetricLogWriter:
-    """Appends rows, at most one per id, and makes them durable before returning."""
+    """Appends rows, at most one per id, and makes them durable before returning.
+
+    With `durable=False`, `append` only writes; `sync()`, which may run on another thread, then
+    makes everything written before it durable at once (group commit), and `roll_back` takes back
+    rows whose sync failed.
+    """
 
     def __init__(self, path: Path, fsync: bool = True):
         self.path = Path(path)
@@ -140,10 +145,11 @@ class MetricLogWriter:
         self._remove_unfinished_last_line()
         self.written_ids: set[str] = {row.id for row in read_rows(self.path)}
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if os.fstat(self._fd).st_size == 0:
+        self.size = os.fstat(self._fd).st_size  # bytes written so far; only this writer appends
+        if self.size == 0:
             self._write(HEADER_LINE.encode())
 
-    def append(self, rows: Iterable[MetricRow]) -> list[MetricRow]:
+    def append(self, rows: Iterable[MetricRow], durable: bool = True) -> list[MetricRow]:
         """Writes the rows whose id is new and returns them; rows for ids already written are skipped."""
         fresh: list[MetricRow] = []
         for row in rows:
@@ -151,27 +157,40 @@ class MetricLogWriter:
                 self.written_ids.add(row.id)
                 fresh.append(row)
         if fresh:
-            size_before = os.fstat(self._fd).st_size
+            size_before = self.size
             try:
-                self._write(format_rows(fresh).encode())
+                self._write(format_rows(fresh).encode(), sync=durable)
             except OSError:
                 # e.g. a full disk: take back any part of the batch, so no half row stays behind
-                os.ftruncate(self._fd, size_before)
-                self.written_ids.difference_update(row.id for row in fresh)
+                self.roll_back(size_before, [row.id for row in fresh])
                 raise
         return fresh
+
+    def sync(self) -> int:
+        """Makes every row written so far durable and returns the size that is; safe on another thread."""
+        size = self.size
+        if self._fsync:
+            os.fsync(self._fd)
+        return size
+
+    def roll_back(self, size: int, ids: Iterable[str]) -> None:
+        """Cuts the log back to `size` bytes and forgets `ids`, the rows written past it."""
+        os.ftruncate(self._fd, size)
+        self.size = size
+        self.written_ids.difference_update(ids)
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, sync: bool = True) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
+            self.size += written
             view = view[written:]
-        if self._fsync:
+        if sync and self._fsync:
             os.fsync(self._fd)
 
     def _remove_unfinished_last_line(self) -> None:

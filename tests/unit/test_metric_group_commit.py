@@ -1,0 +1,110 @@
+"""metric's group commit: rows are written at once, made durable by one fsync off the IO loop, and
+their events are published only once an fsync covers them; a failed fsync takes the rows back."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+
+from metric import MetricJoiner, Settings
+from mlmonitor.messages import PredictionMessage, TargetMessage
+from mlmonitor.metric_log import HEADER_LINE, MetricLogWriter
+from mlmonitor.settings import load_settings
+
+
+class FakeDelivery:
+    def __init__(self, queue_name: str, body: bytes):
+        self.queue = queue_name
+        self.body = body
+        self.acked = 0
+
+    def ack(self) -> None:
+        self.acked += 1
+
+
+class FakeSession:
+    """Publishes are recorded and confirmed when the test says; thread callbacks wait in a queue."""
+
+    is_open = True
+
+    def __init__(self):
+        self.published: list[bytes] = []
+        self.confirms = []
+        self.from_threads: queue.Queue = queue.Queue()
+
+    def publish(self, exchange, routing_key, body, on_confirmed=None, headers=None) -> None:
+        self.published.append(body)
+        self.confirms.append(on_confirmed)
+
+    def call_threadsafe(self, callback) -> None:
+        self.from_threads.put(callback)
+
+    def run_thread_callbacks(self, count: int) -> None:
+        for _ in range(count):
+            self.from_threads.get(timeout=10)()
+
+
+def pair(id: str) -> list[FakeDelivery]:
+    return [FakeDelivery("y_true", TargetMessage(id=id, body=100.0).encode()),
+            FakeDelivery("y_pred", PredictionMessage(id=id, body=90.0).encode())]
+
+
+@pytest.fixture
+def joiner(tmp_path):
+    writer = MetricLogWriter(tmp_path / "metric_log.csv")
+    joiner = MetricJoiner(load_settings(Settings, ["--logs-dir", str(tmp_path)]), writer)
+    joiner._session = FakeSession()
+    yield joiner
+    joiner.close()
+    writer.close()
+
+
+def test_rows_are_written_at_once_and_one_fsync_covers_the_batches_written_while_it_waited(joiner, monkeypatch):
+    session, writer = joiner._session, joiner._log
+    gate, syncs = threading.Event(), []
+    real_sync = writer.sync
+
+    def gated_sync():
+        syncs.append(1)
+        assert gate.wait(10)
+        return real_sync()
+
+    monkeypatch.setattr(writer, "sync", gated_sync)
+    first, second = pair("a"), pair("b")
+    joiner.on_batch(first)
+    joiner.on_batch(second)  # written while the first fsync is in flight
+    assert writer.path.read_text().count("\n") == 3
+    assert session.published == [] and len(syncs) == 1
+    gate.set()
+    session.run_thread_callbacks(1)
+    assert len(syncs) == 1, "the one fsync in flight covered both batches"
+    assert [b'"id":"a"' in body for body in session.published] == [True, False]
+    assert not any(delivery.acked for delivery in first + second)
+    for confirm in session.confirms:
+        confirm()
+    assert all(delivery.acked == 1 for delivery in first + second)
+
+
+def test_a_failed_fsync_takes_the_rows_back_and_a_retry_writes_them_once(joiner, monkeypatch):
+    session, writer = joiner._session, joiner._log
+
+    def failing_sync():
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writer, "sync", failing_sync)
+    deliveries = pair("a")
+    joiner.on_batch(deliveries)
+    session.run_thread_callbacks(1)
+    assert writer.path.read_text() == HEADER_LINE
+    assert "a" not in writer.written_ids and session.published == []
+    assert not any(delivery.acked for delivery in deliveries)
+
+    monkeypatch.undo()
+    joiner._retry_unwritten()
+    session.run_thread_callbacks(1)
+    assert writer.path.read_text().count("\na,") == 1
+    assert len(session.published) == 1
+    session.confirms[0]()
+    assert all(delivery.acked == 1 for delivery in deliveries)

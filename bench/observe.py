@@ -5,7 +5,8 @@
 - `CsvTail`: polls `metric_log.csv` and notes when each row appears on disk.
 - `SummaryTail`: polls `error_distribution.json` (written right after the PNG is replaced) and notes
   its mtime for each count; row k (in CSV order) is in the PNG from the first summary counting >= k.
-- `Sampler`: ready-message depth of each queue (passive declare) and RSS of each service (/proc).
+- `Sampler`: ready-message depth of each queue (passive declare), RSS of each service and CPU time
+  of each service and of the broker (/proc), so per-event CPU can be compared on a busy machine.
 """
 
 from __future__ import annotations
@@ -135,14 +136,22 @@ class SummaryTail(_Loop):
 
 
 class Sampler(_Loop):
-    def __init__(self, amqp_url: str, queues: list[str], pids: dict[str, int]):
+    def __init__(self, amqp_url: str, queues: list[str], pids: dict[str, int], cpu_only: dict[str, int] = None):
         super().__init__("sampler")
         self.amqp_url = amqp_url
         self.queues = queues
         self.pids = dict(pids)
+        self.cpu_pids = {**self.pids, **(cpu_only or {})}
         self.depths: list[tuple[float, dict[str, int]]] = []
         self.rss_mb: list[tuple[float, dict[str, float]]] = []
         self.peak_rss_mb: dict[str, float] = {}
+        self.cpu_start = {name: cpu_seconds(pid) for name, pid in self.cpu_pids.items()}
+        self.cpu_end: dict[str, float] = {}
+
+    def cpu_used(self) -> dict[str, float]:
+        """CPU seconds (user + system) each process used between the sampler's start and last sample."""
+        return {name: self.cpu_end[name] - self.cpu_start[name] for name in self.cpu_end
+                if self.cpu_start.get(name) is not None and self.cpu_end[name] is not None}
 
     def loop(self) -> None:
         connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
@@ -161,6 +170,10 @@ class Sampler(_Loop):
 
     def sample_rss(self) -> dict[str, float]:
         """Current RSS per service; also keeps the peak (VmHWM), read while the process lives."""
+        for name, pid in self.cpu_pids.items():
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                self.cpu_end[name] = cpu
         current = {}
         for name, pid in self.pids.items():
             status = _proc_status(pid)
@@ -182,3 +195,11 @@ def _proc_status(pid: int) -> dict[str, float] | None:
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0]) / 1024
     return values if len(values) == 2 else None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime

@@ -27,14 +27,15 @@ def table(results: dict) -> str:
     lines = [
         "| run | events | sustained ev/s | × bare | to CSV p50 / p95 / p99 ms | to PNG p50 / p95 / p99 ms "
         "| PNG lag behind row, max ms | deepest ready backlog | peak RSS MB (features / model / metric / plot) "
-        "| load before |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "| CPU ms per 1000 events (features / model / metric / plot / broker) | load before |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     for run in results["runs"]:
         ratio = run["sustained_eps"] / bare["sustained_eps"] if bare else float("nan")
         deepest = max(run["backlog"].items(), key=lambda item: item[1]["max"], default=None)
         deepest_text = f"{deepest[1]['max']} ({deepest[0]})" if deepest else "–"
         rss = " / ".join(f"{run['peak_rss_mb'].get(s, 0):.0f}" for s in SERVICES)
+        cpu = " / ".join(f"{run['cpu_ms_per_1000_events'].get(s, float('nan')):.0f}" for s in SERVICES + ("broker",))
         if run["kind"] == "bare":
             latency, png, lag = _ms(run["latency_sink_ms"]) + " (to last hop)", "–", "–"
             name = "bare pika, full speed"
@@ -43,7 +44,7 @@ def table(results: dict) -> str:
             lag = f"{run['png_lag_ms']['max']:.0f}" if run["png_lag_ms"] else "–"
             name = "pipeline, full speed" if not run["rate"] else f"pipeline, {run['name']}"
         lines.append(f"| {name} | {run['count']} | {run['sustained_eps']:.0f} | {ratio:.2f} | {latency} | {png} "
-                     f"| {lag} | {deepest_text} | {rss} | {_load(run['load_before'])} |")
+                     f"| {lag} | {deepest_text} | {rss} | {cpu} | {_load(run['load_before'])} |")
     return "\n".join(lines)
 
 
@@ -128,13 +129,23 @@ def history_line(results: dict) -> str:
         if any(r.get("png_lag_ms") for r in results["runs"]) else "–",
         " / ".join(f"{restore[s]['seconds']:.2f} s {restore[s]['peak_rss_mb']:.0f} MB" for s in ("metric", "plot")
                    if s in restore) or "–",
+        _cpu_total(saturated), _cpu_total(bare),
     ]
     return "| " + " | ".join(cells) + " |"
 
 
+def _cpu_total(run: dict | None) -> str:
+    """CPU ms per 1000 events of the four services together (features includes its start-up)."""
+    if not run or "cpu_ms_per_1000_events" not in run:
+        return "–"
+    cpu = run["cpu_ms_per_1000_events"]
+    return f"{sum(cpu.get(s, 0) for s in SERVICES):.0f} (+{cpu.get('broker', float('nan')):.0f} broker)"
+
+
 HISTORY_HEADER = ("| date | commit | change | load at start | pipeline ev/s | bare ev/s | ratio | p99 to CSV at "
-                  "500/s ms | worst PNG lag ms | restore 1M rows: metric / plot |\n"
-                  "|---|---|---|---|---:|---:|---:|---:|---:|---|\n")
+                  "500/s ms | worst PNG lag ms | restore 1M rows: metric / plot | CPU ms per 1000 events, "
+                  "full speed: pipeline | same, bare |\n"
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|\n")
 
 
 def write_report(results: dict, out: Path) -> None:

@@ -41,6 +41,7 @@ QUEUES = ["features", "y_true", "y_pred", "metric_added"]
 CONSUMED = {"features": "model", "y_true": "metric", "y_pred": "metric", "metric_added": "plot"}
 BROKER_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("BENCH_RABBITMQ_PORT", "5672"))
+BROKER_PID: dict[str, int] = {}
 PROFILE = False  # --profile: py-spy each service (needs `pip install py-spy`); slows the run
 
 
@@ -64,6 +65,14 @@ class Vhost:
 
     def __exit__(self, *_):
         rabbitmqctl("delete_vhost", self.name)
+
+
+def broker_pid() -> dict[str, int]:
+    """The local RabbitMQ node's OS process, to count its CPU time too."""
+    try:
+        return {"broker": int(json.loads(rabbitmqctl("status", "--formatter", "json"))["pid"])}
+    except (subprocess.SubprocessError, OSError, ValueError, KeyError):
+        return {}
 
 
 def machine() -> dict:
@@ -174,7 +183,7 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
             probe.ready.wait(10)
             started = time.time()
             pipeline.start("features", ["--rate", str(rate), "--count", str(count)])
-            sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()})
+            sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()}, BROKER_PID)
             sampler.start()
             threads.append(sampler)
             profilers = start_profilers(pipeline, run_dir) if PROFILE else []
@@ -206,6 +215,7 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
         "redraws": len(summary.counts),
         "backlog": backlog(sampler.depths),
         "peak_rss_mb": sampler.peak_rss_mb,
+        "cpu_ms_per_1000_events": _per_1000(sampler.cpu_used(), count),
         "load_before": load_before, "load_after": load_now(),
         "timeline": {"rows": _thin(seen_at - started),
                      "depths": [(t - started, d) for t, d in sampler.depths],
@@ -245,7 +255,7 @@ def run_bare(count: int, work: Path, timeout: float) -> dict:
             probe.ready.wait(10)
             started = time.time()
             pipeline.start("features", ["--count", str(count)])
-            sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()})
+            sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()}, BROKER_PID)
             sampler.start()
             wait_for(lambda: stats.exists() or _fail_if_dead(pipeline, allowed={"features"}), timeout,
                      "the bare sink", 0.1)
@@ -258,7 +268,8 @@ def run_bare(count: int, work: Path, timeout: float) -> dict:
     result = {"name": "bare", "count": count, "rate": 0, "kind": "bare",
               "sustained_eps": sustained_rate(arrived), "overall_eps": len(arrived) / (arrived.max() - started),
               "latency_sink_ms": percentiles_ms(arrived - sent), "backlog": backlog(sampler.depths),
-              "peak_rss_mb": sampler.peak_rss_mb, "load_before": load_before, "load_after": load_now(),
+              "peak_rss_mb": sampler.peak_rss_mb,
+        "cpu_ms_per_1000_events": _per_1000(sampler.cpu_used(), count), "load_before": load_before, "load_after": load_now(),
               "timeline": {"rows": _thin(np.sort(arrived) - started)}}
     log(f"bare: {_one_line(result)}")
     return result
@@ -307,6 +318,10 @@ def _fail_if_dead(pipeline: Pipeline, allowed: set[str] = frozenset()) -> bool:
     return False
 
 
+def _per_1000(cpu_seconds: dict[str, float], events: int) -> dict[str, float]:
+    return {name: seconds * 1e6 / events for name, seconds in cpu_seconds.items()}
+
+
 def _thin(values, points: int = 2000) -> list[float]:
     values = np.asarray(values, dtype=float)
     step = max(1, len(values) // points)
@@ -322,6 +337,7 @@ def _one_line(result: dict) -> str:
     deepest = max(result["backlog"].items(), key=lambda item: item[1]["max"], default=None)
     if deepest:
         parts.append(f"deepest {deepest[0]} {deepest[1]['max']}")
+    parts.append("CPU ms/1000 ev " + " ".join(f"{k} {v:.0f}" for k, v in sorted(result["cpu_ms_per_1000_events"].items())))
     parts.append("RSS " + " ".join(f"{k} {v:.0f}" for k, v in sorted(result["peak_rss_mb"].items())))
     return "; ".join(parts)
 
@@ -341,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="what changed, for history.md")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-    global PROFILE
+    global PROFILE, BROKER_PID
     PROFILE = args.profile
+    BROKER_PID = broker_pid()
 
     work = args.out / "tmp"
     models_dir = work / "models"

@@ -9,6 +9,7 @@ writer removes (its messages were not acked and come back).
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import logging
 import math
@@ -16,6 +17,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
+
+import numpy as np
+
+from .ids import IdSet, uuid_key
 
 HEADER = ("id", "y_true", "y_pred", "absolute_error")
 HEADER_LINE = ",".join(HEADER) + "\n"
@@ -59,6 +64,141 @@ def read_rows(path: Path) -> Iterator[MetricRow]:
             return
         _check_header(path, header)
         yield from _parse(path, _complete_lines(handle), first_line_number=2)
+
+
+def read_ids_and_errors(path: Path, errors: bool = True) -> tuple[IdSet, np.ndarray]:
+    """The distinct ids of the log's complete rows and, if asked, the absolute error of each id's
+    first row: what metric and plot restore at start, in about a tenth of the time of read_rows.
+
+    Blocks of rows as this module writes them (`<canonical UUID>,<float>,<float>,<float>`) are
+    parsed with numpy; any other block (quoted or non-UUID ids, a malformed line) goes through
+    read_rows' parser, with the same warnings. Unlike read_rows, the fast path does not parse
+    y_true and y_pred: it checks that they are made of number characters.
+    """
+    highs, lows, error_blocks, others = [], [], [], {}
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return IdSet(), np.empty(0)
+    with handle:
+        header = handle.readline()
+        if not header:
+            return IdSet(), np.empty(0)
+        _check_header(path, header.decode("utf-8", errors="replace"))
+        line_number, pending = 2, b""
+        for block in iter(lambda: handle.read(_BLOCK_BYTES), b""):
+            pending += block
+            end = pending.rfind(b"\n") + 1
+            if not end:
+                continue
+            complete, pending = pending[:end], pending[end:]  # an unfinished last line stays out
+            parsed = _parse_uuid_block(complete, errors)
+            if parsed is None:
+                parsed = _parse_block_slowly(path, complete, line_number, others)
+            highs.append(parsed[0])
+            lows.append(parsed[1])
+            error_blocks.append(parsed[2])
+            line_number += complete.count(b"\n")
+    high = np.concatenate(highs or [np.empty(0, np.uint64)])
+    low = np.concatenate(lows or [np.empty(0, np.uint64)])
+    key_errors = np.concatenate(error_blocks or [np.empty(0)]) if errors else None
+    del highs, lows, error_blocks
+    first = _first_occurrences(high, low)
+    if first is not None:  # some id has more than one row: keep its first
+        high, low = high[first], low[first]
+        key_errors = key_errors[first] if errors else None
+    ids = IdSet.from_keys(high, low, others)
+    del high, low
+    if errors:
+        key_errors = np.concatenate([key_errors, np.fromiter(others.values(), dtype=float, count=len(others))])
+    release_free_memory()
+    return ids, key_errors if errors else np.empty(0)
+
+
+_BLOCK_BYTES = 4 << 20
+_FAST_PATH_BYTES = b"0123456789abcdef-.,e+\n"  # a block with any other byte goes the slow way
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+_HEX_VALUE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_DASHES = (8, 13, 18, 23)
+
+
+def _parse_uuid_block(block: bytes, with_errors: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(high, low, errors) of a block of complete lines `<canonical UUID>,<num>,<num>,<num>`; None if
+    any line differs from that shape."""
+    if block.translate(None, _FAST_PATH_BYTES):
+        return None
+    data = np.frombuffer(block, dtype=np.uint8)
+    line_ends = np.flatnonzero(data == ord("\n"))
+    commas = np.flatnonzero(data == ord(","))
+    if len(commas) != 3 * len(line_ends):
+        return None
+    starts = np.concatenate([[0], line_ends[:-1] + 1])
+    commas = commas.reshape(-1, 3)
+    if not (np.all(commas[:, 0] - starts == 36) and np.all(commas[:, 1] - commas[:, 0] > 1)
+            and np.all(commas[:, 2] - commas[:, 1] > 1) and np.all(line_ends - commas[:, 2] > 1)):
+        return None  # each line: a 36-character id, then three non-empty fields
+    high = np.zeros(len(starts), dtype=np.uint64)
+    low = np.zeros(len(starts), dtype=np.uint64)
+    digit = 0
+    for column in range(36):
+        characters = data[starts + column]
+        if column in _DASHES:
+            if np.any(characters != ord("-")):
+                return None
+            continue
+        values = _HEX_VALUE[characters]
+        if np.any(values == 255):
+            return None
+        half = high if digit < 16 else low
+        half <<= np.uint64(4)
+        half |= values
+        digit += 1
+    if not with_errors:
+        return high, low, np.empty(0)
+    try:
+        errors = np.array([float(block[start:end]) for start, end in zip((commas[:, 2] + 1).tolist(),
+                                                                          line_ends.tolist())])
+    except ValueError:
+        return None
+    finite = np.isfinite(errors)
+    if not finite.all():
+        return None  # read_rows skips such rows; let it
+    return high, low, errors
+
+
+def _parse_block_slowly(path: Path, block: bytes, first_line_number: int,
+                        others: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lines = [line + "\n" for line in block.decode("utf-8", errors="replace").split("\n")[:-1]]
+    high, low, errors = [], [], []
+    for row in _parse(path, lines, first_line_number):
+        key = uuid_key(row.id)
+        if key is None:
+            others.setdefault(row.id, row.absolute_error)
+        else:
+            high.append(key >> 64)
+            low.append(key & ((1 << 64) - 1))
+            errors.append(row.absolute_error)
+    return np.array(high, dtype=np.uint64), np.array(low, dtype=np.uint64), np.array(errors, dtype=float)
+
+
+def _first_occurrences(high: np.ndarray, low: np.ndarray) -> np.ndarray | None:
+    """Indices of the first row of each distinct (high, low) key, in order; None if all are distinct."""
+    sorted_high = np.sort(high)
+    if not np.any(sorted_high[1:] == sorted_high[:-1]):
+        return None  # the usual case: not even 64 bits repeat
+    del sorted_high
+    order = np.lexsort((np.arange(len(high)), low, high))
+    same = (high[order][1:] == high[order][:-1]) & (low[order][1:] == low[order][:-1])
+    return np.sort(order[np.concatenate([[True], ~same])])
+
+
+def release_free_memory() -> None:
+    """Hands memory freed by big temporaries back to the OS (glibc keeps it otherwise): after
+    restoring a million rows, plot's RSS drops by ~60 MB. A no-op where malloc_trim is missing."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _check_header(path: Path, header: str) -> None:
@@ -143,7 +283,7 @@ class MetricLogWriter:
         self._fsync = fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_unfinished_last_line()
-        self.written_ids: set[str] = {row.id for row in read_rows(self.path)}
+        self.written_ids, _ = read_ids_and_errors(self.path, errors=False)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.size = os.fstat(self._fd).st_size  # bytes written so far; only this writer appends
         if self.size == 0:
@@ -153,8 +293,7 @@ class MetricLogWriter:
         """Writes the rows whose id is new and returns them; rows for ids already written are skipped."""
         fresh: list[MetricRow] = []
         for row in rows:
-            if row.id not in self.written_ids:
-                self.written_ids.add(row.id)
+            if self.written_ids.add_if_new(row.id):
                 fresh.append(row)
         if fresh:
             size_before = self.size

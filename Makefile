@@ -33,7 +33,7 @@ bench: $(VENV)/.installed
 	scripts/ensure_rabbitmq.sh
 	$(PY) bench/run.py $(ARGS)
 
-# Every fault scenario, full length, with its table (tests/faults/run.py --help); about 20 minutes.
+# Every fault scenario, full length, with its table (tests/faults/run.py --help); about 15 minutes.
 # `make test` runs the quick profile (tests/faults/test_fault_suite.py). The full-disk scenario mounts a tmpfs:
 # without root it is reported as skipped.
 faults: $(VENV)/.installed

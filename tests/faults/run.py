@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -29,7 +30,13 @@ from scenarios import PROFILES, SCENARIOS  # noqa: E402
 from suite import Suite, machine, table  # noqa: E402
 
 
+def interrupt(*_) -> None:
+    raise KeyboardInterrupt  # so every `finally` stops the services and the private node
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)  # also when started in the background, where it is ignored
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--only", action="append", metavar="SCENARIO", help="run only this scenario (repeatable)")

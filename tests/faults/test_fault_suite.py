@@ -1,7 +1,7 @@
 """The quick profile of the fault suite, run by `make test`; `make faults` runs the full one.
 
 Each scenario runs the whole pipeline, injects its faults mid-stream and asserts 0 lost, 0
-duplicated and every other check (see checks.py). The table is printed at the end of the module.
+duplicated and every other check (see checks.py). The table is printed in pytest's summary.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ SEED = int(os.environ.get("FAULTS_SEED", random.randrange(1 << 30)))
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory, request):
+def suite(tmp_path_factory, fault_tables):
     suite = Suite(tmp_path_factory.mktemp("faults"), EVENTS, RATE, SEED, log=lambda line: None)
     yield suite
     suite.close()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and suite.results:
-        reporter.write_line(f"\nfault suite, quick profile ({EVENTS} events at {RATE}/s), seed {SEED} "
-                            f"(FAULTS_SEED={SEED} repeats the fault moments):\n{table(suite.results)}\n{machine()}")
+    if suite.results:
+        fault_tables.append(f"quick profile: {EVENTS} events at {RATE}/s, seed {SEED} (FAULTS_SEED={SEED} repeats "
+                            f"the fault moments)\n{table(suite.results)}\n{machine()}")
 
 
 @pytest.mark.timeout(420)

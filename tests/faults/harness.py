@@ -116,7 +116,11 @@ class ScenarioRun:
         self._mounted = False
         if logs_on_tmpfs:
             self._mount_tmpfs(logs_on_tmpfs)
-        self.vhost = broker.add_vhost()
+        try:
+            self.vhost = broker.add_vhost()
+        except BaseException:
+            self._unmount()
+            raise
         self.proxies = {service: TcpProxy(broker.port).start() for service in SERVICES} if proxied else {}
         self.pipelines = {}
         for service in SERVICES:
@@ -384,6 +388,9 @@ class ScenarioRun:
             self.broker.delete_vhost(self.vhost)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
             self.result.notes.append(f"could not delete vhost {self.vhost}: {error}")
+        self._unmount()
+
+    def _unmount(self) -> None:
         if self._mounted:
             subprocess.run(["umount", "-l", str(self.logs_dir)], capture_output=True)
             self._mounted = False

@@ -38,6 +38,7 @@ class TcpProxy:
         self.upstream = (upstream_host, upstream_port)
         self.port: int | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task] = set()
         self._down_until = 0.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"proxy->{upstream_port}", daemon=True)
@@ -68,6 +69,9 @@ class TcpProxy:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         if time.monotonic() < self._down_until:
             _reset(client_writer)
             return
@@ -94,3 +98,5 @@ class TcpProxy:
     async def _shutdown(self) -> None:
         self._server.close()
         await self._cut()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)

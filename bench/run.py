@@ -346,7 +346,8 @@ def _one_line(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=20000, help="events in the saturated and bare runs")
+    parser.add_argument("--count", type=int, default=20000,
+                        help="events in the saturated and bare runs (0: only the fixed rates)")
     parser.add_argument("--rates", default="100,500,1000", help="fixed rates (events/s); empty for none")
     parser.add_argument("--rate-seconds", type=float, default=20, help="length of each fixed-rate run")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare-broker baseline")
@@ -370,12 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     log(f"load average {results['load_start']['loadavg']}; busiest: {results['load_start']['top'][:3]}")
     if Pipeline(env={"MODELS_DIR": str(models_dir)}, output_dir=work / "learn_model").run_to_end("learn_model"):
         raise SystemExit("learn_model failed")
-    if not args.no_bare:
+    if args.count and not args.no_bare:
         results["runs"].append(run_bare(args.count, work, args.timeout))
-    saturated = run_pipeline("saturated", args.count, 0, models_dir, work, args.timeout)
-    results["runs"].append(saturated)
+    saturated = run_pipeline("saturated", args.count, 0, models_dir, work, args.timeout) if args.count else None
+    if saturated:
+        results["runs"].append(saturated)
     fixed = [(f"{float(rate):g}/s", float(rate)) for rate in args.rates.split(",") if rate.strip()]
-    if not args.no_sustained and np.isfinite(saturated["sustained_eps"]):
+    if saturated and not args.no_sustained and np.isfinite(saturated["sustained_eps"]):
         rate = float(int(saturated["sustained_eps"] // 50 * 50) or 50)
         fixed.append((f"{rate:g}/s (sustained)", rate))
     for name, rate in fixed:

@@ -4,7 +4,8 @@ Beside it, `logs/error_distribution.json` holds the same histogram as numbers.
 
 At start it restores its data from `logs/metric_log.csv`; then each `metric_added` event adds one
 error. The histogram is updated in place (O(1) per event, whatever the history), redraws are
-coalesced to at most one per `--redraw-seconds`, and the PNG is replaced atomically. An event is
+coalesced to at most one per `--redraw-seconds` (the first event after a quiet spell is drawn at
+once), and the PNG is replaced atomically. An event is
 acked once a PNG that includes it is in place. Ids already counted are skipped, so a redelivered
 event is never counted twice.
 """
@@ -97,10 +98,10 @@ class ErrorHistogram:
 class HistogramFigure:
     """The PNG's figure, built once and redrawn by blitting.
 
-    Title, axes, ticks, grid and legend change only with the axis limits, and the y limit moves in
-    steps of about a third, so they are drawn rarely and kept as a background. A redraw restores
-    it, draws the bars, the mean and the text box on top, and encodes the PNG: about a fifth of
-    the CPU of drawing a new figure.
+    Title, axes, ticks, grid and legend change only with the axis limits; the x limit moves by ten
+    bins and the y limit grows by half or more when it moves, so they are drawn rarely (about 30 times
+    over a million events) and kept as a background. A redraw restores it, draws the bars, the
+    mean and the text box on top, and encodes the PNG: about a fifth of the CPU of a new figure.
     """
 
     def __init__(self):
@@ -122,9 +123,12 @@ class HistogramFigure:
 
     def render(self, histogram: ErrorHistogram, path: Path) -> None:
         """Draws the histogram and replaces `path` atomically: readers see the old PNG or the new one."""
-        shown = max(int(np.flatnonzero(histogram.counts)[-1]) + 1 if histogram.count else 1, 10)
+        bins = len(histogram.counts)
+        last_used = int(np.flatnonzero(histogram.counts)[-1]) + 1 if histogram.count else 1
+        shown = min(bins, -(-last_used // 10) * 10)  # whole tens of bins, so the x limit rarely moves
         right = float(histogram.edges[shown])
-        top = nice_ceiling(max(1, int(histogram.counts.max())) * 1.3)  # headroom for the text box
+        highest = max(1, int(histogram.counts.max())) * 1.3  # headroom for the text box
+        top = self._limits[1] if self._limits and highest <= self._limits[1] else nice_ceiling(1.5 * highest)
         if (right, top) != self._limits:
             self.axes.set_xlim(-0.05 * right, 1.05 * right)
             self.axes.set_ylim(0, top)
@@ -181,6 +185,8 @@ class HistogramPlotter:
         self.counted_ids = IdSet()  # compact: ~16 bytes per UUID
         self._waiting_for_redraw: list[Delivery] = []
         self._changed = False
+        self._redraw_scheduled = False
+        self._last_redraw = 0.0  # time.monotonic() of the last scheduled redraw
         self._session: Session | None = None
         self._redraws = EventLog(log, "redraws")
 
@@ -196,12 +202,13 @@ class HistogramPlotter:
 
     def on_connected(self, session: Session) -> None:
         self._session = session
+        self._redraw_scheduled = False
         session.consume(METRIC_ADDED, self.on_batch, self._settings.prefetch)
-        session.every(self._settings.redraw_seconds, self.redraw_if_changed)
         session.every(1.0, self._redraws.flush)
 
     def on_disconnected(self) -> None:
         self._session = None
+        self._redraw_scheduled = False
         self._waiting_for_redraw.clear()
 
     def on_batch(self, deliveries: list[Delivery]) -> None:
@@ -218,6 +225,22 @@ class HistogramPlotter:
         if errors:
             self.histogram.add_many(np.array(errors, dtype=float))
             self._changed = True
+        self._redraw_soon()
+
+    def _redraw_soon(self) -> None:
+        """At most one redraw per redraw_seconds, and the earliest that allows once events wait: an
+        event after a quiet spell is drawn at once, a steady stream every redraw_seconds."""
+        if self._redraw_scheduled or not self._waiting_for_redraw or self._session is None:
+            return
+        self._redraw_scheduled = True
+        delay = max(0.0, self._last_redraw + self._settings.redraw_seconds - time.monotonic())
+        self._session.call_later(delay, self._scheduled_redraw)
+
+    def _scheduled_redraw(self) -> None:
+        self._redraw_scheduled = False
+        self._last_redraw = time.monotonic()
+        self.redraw_if_changed()
+        self._redraw_soon()  # a failed redraw keeps its events waiting: try again after redraw_seconds
 
     def redraw_if_changed(self) -> None:
         if not self._waiting_for_redraw:

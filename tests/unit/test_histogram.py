@@ -150,3 +150,50 @@ def test_redrawing_one_figure_shows_the_new_counts_and_matches_a_fresh_drawing(t
     assert np.abs(blitted - first).sum() > 0
     changed = np.abs(blitted - fresh).max(axis=2) > 0.05
     assert changed.mean() < 0.005, "a redrawn figure differs from a fresh one beyond the clock in its text box"
+
+
+class FakeTimerSession:
+    def __init__(self):
+        self.timers = []
+
+    def call_later(self, delay, callback):
+        self.timers.append((delay, callback))
+
+    def fire(self):
+        delay, callback = self.timers.pop(0)
+        callback()
+        return delay
+
+
+def test_redraws_are_coalesced_but_an_event_after_a_quiet_spell_is_drawn_at_once(plotter):
+    session = FakeTimerSession()
+    plotter._session = session
+    event = lambda id: FakeDelivery(MetricAdded(id=id, y_true=1.0, y_pred=2.0, absolute_error=1.0).encode())
+    plotter.on_batch([event("a")])
+    plotter.on_batch([event("b")])
+    assert [delay for delay, _ in session.timers] == [0.0]  # one redraw scheduled, right away
+    session.fire()
+    assert plotter.rendered == [2]
+    plotter.on_batch([event("c")])
+    delay = session.fire()
+    assert 0.4 < delay <= 0.5  # the next one waits out redraw_seconds (0.5)
+    assert plotter.rendered == [2, 3] and not session.timers
+
+
+def test_a_failed_redraw_is_tried_again_after_redraw_seconds(plotter):
+    session = FakeTimerSession()
+    plotter._session = session
+    failures = [OSError(28, "No space left on device")]
+
+    def render(histogram, path):
+        if failures:
+            raise failures.pop()
+        plotter.rendered.append(histogram.count)
+
+    plotter._render = render
+    delivery = FakeDelivery(MetricAdded(id="a", y_true=1.0, y_pred=2.0, absolute_error=1.0).encode())
+    plotter.on_batch([delivery])
+    session.fire()
+    assert delivery.acked == 0 and len(session.timers) == 1
+    session.fire()
+    assert delivery.acked == 1 and plotter.rendered == [1]

@@ -35,6 +35,37 @@ from .topology import PIPELINE, REASON_HEADER, SOURCE_QUEUE_HEADER, Topology, de
 log = logging.getLogger("mlmonitor.amqp")
 
 PERSISTENT = 2
+COALESCE_BYTES = 256 * 1024
+
+
+def coalesce_socket_writes() -> None:
+    """pika's transport sends each buffered message with a send(2) of its own; with many publishes
+    and acks per loop turn that is a syscall, and a TCP segment for the broker to read, per
+    message. This joins what is buffered (up to COALESCE_BYTES) into one send. Installed once, at
+    import; a pika without the expected internals is left alone."""
+    try:
+        from pika.adapters.utils.io_services_utils import _AsyncTransportBase
+    except ImportError:
+        return
+    produce = getattr(_AsyncTransportBase, "_produce", None)
+    if produce is None or getattr(produce, "coalescing", False):
+        return
+
+    def _produce(self) -> None:
+        buffers = getattr(self, "_tx_buffers", None)
+        if buffers is not None and len(buffers) > 1:
+            chunks, size = [], 0
+            while buffers and size < COALESCE_BYTES:
+                chunks.append(buffers.popleft())
+                size += len(chunks[-1])
+            buffers.appendleft(b"".join(chunks))
+        produce(self)
+
+    _produce.coalescing = True
+    _AsyncTransportBase._produce = _produce
+
+
+coalesce_socket_writes()
 HOUSEKEEPING_SECONDS = 0.2
 
 
@@ -178,6 +209,8 @@ class _Publisher:
         self._sequence = 0
         self._pending: dict[int, tuple[str, str, bytes, dict | None, Callable[[], None] | None]] = {}
         self._returned = False
+        self._plain_properties = pika.BasicProperties(delivery_mode=PERSISTENT, content_type="application/json")
+        self._published = {}  # exchange or routing key -> its MESSAGES_PUBLISHED child, looked up once
         channel.confirm_delivery(self._on_confirm)
         channel.add_on_return_callback(self._on_return)
 
@@ -187,8 +220,8 @@ class _Publisher:
 
     def publish(self, exchange: str, routing_key: str, body: bytes, headers: dict | None,
                 on_confirmed: Callable[[], None] | None) -> None:
-        properties = pika.BasicProperties(delivery_mode=PERSISTENT, content_type="application/json",
-                                          headers=headers)
+        properties = self._plain_properties if headers is None else pika.BasicProperties(
+            delivery_mode=PERSISTENT, content_type="application/json", headers=headers)
         self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
         self._sequence += 1
         self._pending[self._sequence] = (exchange, routing_key, body, headers, on_confirmed)
@@ -212,7 +245,11 @@ class _Publisher:
                 self.publish(exchange, routing_key, body, headers, on_confirmed)
             return
         for exchange, routing_key, _body, _headers, on_confirmed in entries:
-            observability.MESSAGES_PUBLISHED.labels(exchange or routing_key).inc()
+            target = exchange or routing_key
+            counter = self._published.get(target)
+            if counter is None:
+                counter = self._published[target] = observability.MESSAGES_PUBLISHED.labels(target)
+            counter.inc()
             if on_confirmed is not None:
                 self._session.run_safely(on_confirmed)
 

@@ -26,14 +26,15 @@ def table(results: dict) -> str:
     bare = next((r for r in results["runs"] if r["kind"] == "bare"), None)
     lines = [
         "| run | events | sustained ev/s | × bare | to CSV p50 / p95 / p99 ms | to PNG p50 / p95 / p99 ms "
-        "| PNG lag behind row, max ms | deepest ready backlog | peak RSS MB (features / model / metric / plot) "
+        "| PNG lag behind row, max ms | deepest ready backlog (queue; deepest in 1st → 2nd half of publishing) | peak RSS MB (features / model / metric / plot) "
         "| CPU ms per 1000 events (features / model / metric / plot / broker) | load before |",
         "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     for run in results["runs"]:
         ratio = run["sustained_eps"] / bare["sustained_eps"] if bare else float("nan")
         deepest = max(run["backlog"].items(), key=lambda item: item[1]["max"], default=None)
-        deepest_text = f"{deepest[1]['max']} ({deepest[0]})" if deepest else "–"
+        deepest_text = (f"{deepest[1]['max']} ({deepest[0]}; {deepest[1]['max_first_half']} → "
+                        f"{deepest[1]['max_second_half']})" if deepest else "–")
         rss = " / ".join(f"{run['peak_rss_mb'].get(s, 0):.0f}" for s in SERVICES)
         cpu = " / ".join(f"{run['cpu_ms_per_1000_events'].get(s, float('nan')):.0f}" for s in SERVICES + ("broker",))
         if run["kind"] == "bare":

@@ -31,7 +31,7 @@ def table(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     for run in results["runs"]:
-        ratio = run["sustained_eps"] / bare["sustained_eps"] if bare else float("nan")
+        ratio = run["sustained_eps"] / bare["sustained_eps"] if bare and not run["rate"] else float("nan")
         deepest = max(run["backlog"].items(), key=lambda item: item[1]["max"], default=None)
         deepest_text = (f"{deepest[1]['max']} ({deepest[0]}; {deepest[1]['max_first_half']} → "
                         f"{deepest[1]['max_second_half']})" if deepest else "–")
@@ -44,7 +44,7 @@ def table(results: dict) -> str:
             latency, png = _ms(run["latency_csv_ms"]), _ms(run["latency_png_ms"])
             lag = f"{run['png_lag_ms']['max']:.0f}" if run["png_lag_ms"] else "–"
             name = "pipeline, full speed" if not run["rate"] else f"pipeline, {run['name']}"
-        lines.append(f"| {name} | {run['count']} | {run['sustained_eps']:.0f} | {ratio:.2f} | {latency} | {png} "
+        lines.append(f"| {name} | {run['count']} | {run['sustained_eps']:.0f} | {'–' if ratio != ratio else f'{ratio:.2f}'} | {latency} | {png} "
                      f"| {lag} | {deepest_text} | {rss} | {cpu} | {_load(run['load_before'])} |")
     return "\n".join(lines)
 

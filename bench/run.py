@@ -98,7 +98,7 @@ def load_now() -> dict:
 def git_commit() -> str:
     result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "common", "features", "model",
-                            "metric", "plot", "bench"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+                            "metric", "plot", "bench", ":!bench/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return result.stdout.strip() + ("+dirty" if dirty else "")
 
 

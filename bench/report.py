@@ -71,8 +71,9 @@ def markdown(results: dict) -> str:
         f"busiest processes at start: {', '.join(results['load_start']['top'][:3])}",
         f"- command: `{results['command']}`",
         "- guarantees on in every run: durable queues, persistent messages, publisher confirms, acks after "
-        "effect, fsync per CSV batch. The bare baseline keeps the broker-side ones (durable, persistent, "
-        "confirms, acks after the downstream confirm) and only decodes and encodes JSON at each hop.",
+        "effect, an fsync covering each row before its event is published. The bare baseline keeps the "
+        "broker-side ones (durable, persistent, confirms, acks after the downstream confirm) and only decodes "
+        "and encodes JSON at each hop.",
         "- latency is from `sent_at` (features creates the event) to the row seen on disk, and to the "
         "`error_distribution.json` written right after the PNG that includes the row.",
         "",

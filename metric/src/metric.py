@@ -6,11 +6,15 @@ point redelivers them; the log remembers which ids it holds, so a redelivered pa
 second row (its event is published again, and subscribers drop ids they have already counted).
 A half arriving for a pair this process has already written and announced (say, a prediction the
 model made twice after a broker restart) is acked at once: no partner will come to release it.
+So is a half of one of the last rows written before this process started that is still alone a
+tick later (its predecessor was killed after acking one half of the pair but not the other), once
+the row's event is published again.
 A half whose partner does not come (see JoinBuffer) is dead-lettered with that reason.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import sys
 import time
@@ -190,6 +194,25 @@ def partner_of(queue: str) -> str:
     return Y_PRED if queue == Y_TRUE else Y_TRUE
 
 
+def last_rows(path: Path, count: int, bytes_per_row: int = 160) -> dict[str, MetricRow]:
+    """The last `count` or so complete rows of the log, by id (fewer if ids are long)."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return {}
+    with handle:
+        start = max(0, handle.seek(0, 2) - count * bytes_per_row)
+        handle.seek(start)
+        lines = handle.read().decode("utf-8", errors="replace").split("\n")
+    rows = {}
+    for fields in csv.reader(lines[1:-1]):  # the first may be cut (or the header), the last unfinished
+        try:
+            rows[fields[0]] = MetricRow(fields[0], float(fields[1]), float(fields[2]), float(fields[3]))
+        except (IndexError, ValueError):
+            continue
+    return rows
+
+
 class MetricJoiner:
     def __init__(self, settings: Settings, metric_log: MetricLogWriter, clock=time.monotonic):
         self._settings = settings
@@ -201,6 +224,9 @@ class MetricJoiner:
         self._sync_in_flight = False
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._announced = RecentIds(100_000)  # pairs written and their event confirmed, by this process
+        # a predecessor killed mid-ack left at most its unacked pairs, among its last rows
+        self._rows_before_start = last_rows(metric_log.path, 2 * settings.prefetch)
+        self._halves_of_old_rows: tuple[set[str], set[str]] = (set(), set())  # seen this tick, the one before
         self._session: Session | None = None
         self._rows = EventLog(log, "rows written")
 
@@ -232,6 +258,8 @@ class MetricJoiner:
             if message.id in self._announced:
                 delivery.ack()  # a duplicate: its row and its event exist
                 continue
+            if message.id in self._rows_before_start:
+                self._halves_of_old_rows[0].add(message.id)
             pair = self._buffer.add(delivery.queue, message, delivery, now)
             if pair is not None:
                 pairs.append(pair)
@@ -290,6 +318,20 @@ class MetricJoiner:
     def close(self) -> None:
         self._syncer.shutdown(wait=True)
 
+    def _release_halves_of_old_rows(self) -> None:
+        """Halves of rows written before this start that waited a whole tick: their partner was acked
+        before the restart. The row's event goes out again (subscribers drop ids they have counted)."""
+        waited = self._halves_of_old_rows[1]
+        self._halves_of_old_rows = (set(), self._halves_of_old_rows[0])
+        for event_id in waited:
+            deliveries = self._buffer.remove(event_id)
+            if deliveries:
+                row = self._rows_before_start[event_id]
+                event = MetricAdded(id=row.id, y_true=row.y_true, y_pred=row.y_pred,
+                                    absolute_error=row.absolute_error)
+                self._session.publish(METRIC_EVENTS_EXCHANGE, METRIC_ADDED, event.encode(),
+                                      on_confirmed=lambda deliveries=deliveries: _ack_all(deliveries))
+
     def _announced_pair(self, pair: Pair[Delivery]) -> None:
         self._announced.add(pair.id)
         _ack_all(pair.deliveries + self._buffer.remove(pair.id))  # with duplicates that came meanwhile
@@ -301,6 +343,7 @@ class MetricJoiner:
             self._write_and_publish(pairs, retrying=True)
 
     def _expire_halves(self) -> None:
+        self._release_halves_of_old_rows()
         for queue, half in self._buffer.expire(self._clock()):
             if half.message.id in self._log.written_ids:
                 _ack_all(half.deliveries)  # a late duplicate of a pair already written

@@ -36,8 +36,8 @@ def answers(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def local_ports(pid: int) -> set[int]:
-    """The local TCP ports of the sockets process `pid` holds (works while it is SIGSTOPped too)."""
+def socket_inodes(pid: int) -> set[str]:
+    """The inode numbers of the sockets process `pid` holds, as /proc/net/tcp names them."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -46,6 +46,12 @@ def local_ports(pid: int) -> set[int]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of the sockets process `pid` holds (works while it is SIGSTOPped too)."""
+    inodes = socket_inodes(pid)
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:

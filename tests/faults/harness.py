@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker import drain, publish_raw
-from brokers import WORK_QUEUES, Broker
+from brokers import WORK_QUEUES, Broker, socket_inodes
 from checks import (check_dead_letters, check_plot, check_rows, count_lines, parse_metric_log, read_confirmed,
                     unexpected_tracebacks)
 from run_pipeline import Pipeline
@@ -45,15 +45,8 @@ def wait_for(condition, timeout: float, what: str, interval: float = POLL) -> bo
 
 def established_to(pid: int, port: int) -> int:
     """How many ESTABLISHED TCP connections process `pid` has to 127.0.0.1:`port`."""
-    inodes = set()
     try:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:["):-1])
+        inodes = socket_inodes(pid)
     except FileNotFoundError:
         return 0
     count = 0

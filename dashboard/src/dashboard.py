@@ -25,9 +25,9 @@ from prometheus_client import REGISTRY, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import Field
 
-from mlmonitor.amqp import Delivery, Session, run_worker
+from mlmonitor.amqp import Delivery, Session, decode_or_dead_letter, run_worker
 from mlmonitor.logs import configure_logging
-from mlmonitor.messages import InvalidMessage, MetricAdded, decode
+from mlmonitor.messages import MetricAdded
 from mlmonitor.metric_log import MetricLogTail, MetricRow
 from mlmonitor.model_store import CARD_NAME, ModelCorrupt, ModelNotReady, read_card
 from mlmonitor.observability import serve_metrics
@@ -109,10 +109,8 @@ class EventCounter:
         now = self._clock()
         counted, observations = [], []
         for delivery in deliveries:
-            try:
-                event = decode(MetricAdded, delivery.body)
-            except InvalidMessage as invalid:
-                self._session.dead_letter(delivery, invalid.reason)
+            event = decode_or_dead_letter(self._session, MetricAdded, delivery)
+            if event is None:
                 continue
             if event.sent_at is not None:
                 EVENT_AGE.observe(max(0.0, now - event.sent_at))

@@ -27,9 +27,9 @@ from typing import Generic, TypeVar
 from prometheus_client import Counter, Gauge
 from pydantic import Field
 
-from mlmonitor.amqp import Delivery, Session, run_worker
+from mlmonitor.amqp import Delivery, Session, decode_or_dead_letter, run_worker
 from mlmonitor.logs import EventLog
-from mlmonitor.messages import InvalidMessage, MetricAdded, PredictionMessage, TargetMessage, decode
+from mlmonitor.messages import MetricAdded, PredictionMessage, TargetMessage
 from mlmonitor.metric_log import MetricLogWriter, MetricRow
 from mlmonitor.service import start_service
 from mlmonitor.settings import ConsumerSettings
@@ -250,10 +250,8 @@ class MetricJoiner:
         now = self._clock()
         pairs = []
         for delivery in deliveries:
-            try:
-                message = decode(MESSAGE_TYPES[delivery.queue], delivery.body)
-            except InvalidMessage as invalid:
-                self._session.dead_letter(delivery, invalid.reason)
+            message = decode_or_dead_letter(self._session, MESSAGE_TYPES[delivery.queue], delivery)
+            if message is None:
                 continue
             if message.id in self._announced:
                 delivery.ack()  # a duplicate: its row and its event exist

@@ -30,9 +30,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from mlmonitor.amqp import Delivery, Session, run_worker  # noqa: E402
+from mlmonitor.amqp import Delivery, Session, decode_or_dead_letter, run_worker  # noqa: E402
 from mlmonitor.logs import EventLog  # noqa: E402
-from mlmonitor.messages import InvalidMessage, MetricAdded, decode  # noqa: E402
+from mlmonitor.messages import MetricAdded  # noqa: E402
 from mlmonitor.ids import IdSet  # noqa: E402
 from mlmonitor.metric_log import read_ids_and_errors  # noqa: E402
 from mlmonitor.service import start_service  # noqa: E402
@@ -214,10 +214,8 @@ class HistogramPlotter:
     def on_batch(self, deliveries: list[Delivery]) -> None:
         errors = []
         for delivery in deliveries:
-            try:
-                event = decode(MetricAdded, delivery.body)
-            except InvalidMessage as invalid:
-                self._session.dead_letter(delivery, invalid.reason)
+            event = decode_or_dead_letter(self._session, MetricAdded, delivery)
+            if event is None:
                 continue
             if self.counted_ids.add_if_new(event.id):
                 errors.append(event.absolute_error)

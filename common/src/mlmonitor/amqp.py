@@ -30,6 +30,7 @@ from pika.exceptions import AMQPError, ProbableAuthenticationError
 from pika.spec import Basic
 
 from . import observability
+from .messages import InvalidMessage, MessageT, decode
 from .topology import PIPELINE, REASON_HEADER, SOURCE_QUEUE_HEADER, Topology, dead_letter_queue, declare
 
 log = logging.getLogger("mlmonitor.amqp")
@@ -484,3 +485,11 @@ def run_worker(worker: Worker, amqp_url: str, topology: Topology = PIPELINE) -> 
     runner.install_signal_handlers()
     return runner.run()
 
+
+def decode_or_dead_letter(session: Session, message_type: type[MessageT], delivery: Delivery) -> MessageT | None:
+    """The delivery's message; or None, once an invalid one is on its way to the dead-letter queue."""
+    try:
+        return decode(message_type, delivery.body)
+    except InvalidMessage as invalid:
+        session.dead_letter(delivery, invalid.reason)
+        return None

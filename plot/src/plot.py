@@ -4,10 +4,9 @@ Beside it, `logs/error_distribution.json` holds the same histogram as numbers.
 
 At start it restores its data from `logs/metric_log.csv`; then each `metric_added` event adds one
 error. The histogram is updated in place (O(1) per event, whatever the history), redraws are
-coalesced to at most one per `--redraw-seconds` (the first event after a quiet spell is drawn at
-once), and the PNG is replaced atomically. An event is
-acked once a PNG that includes it is in place. Ids already counted are skipped, so a redelivered
-event is never counted twice.
+coalesced to at most one per `--redraw-seconds` (0.25 s; the first event after a quiet spell is
+drawn at once), and the PNG is replaced atomically. An event is acked once a PNG that includes it
+is in place. Ids already counted are skipped, so a redelivered event is never counted twice.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
+from prometheus_client import Histogram  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from mlmonitor.amqp import Delivery, Session, decode_or_dead_letter, run_worker  # noqa: E402
@@ -41,10 +41,20 @@ from mlmonitor.topology import METRIC_ADDED  # noqa: E402
 
 log = logging.getLogger("plot")
 
+REDRAW_DURATION = Histogram(
+    "mlmonitor_plot_redraw_seconds", "Time to draw the histogram and replace the PNG and its JSON.",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5),
+)
+EVENT_WAIT = Histogram(
+    "mlmonitor_plot_event_wait_seconds",
+    "Per redraw, how long the oldest event it includes waited in plot: from delivery to the PNG in place.",
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0),
+)
+
 
 class Settings(ConsumerSettings):
     logs_dir: Path = Field(Path("logs"), description="Folder of metric_log.csv and error_distribution.png.")
-    redraw_seconds: float = Field(0.5, gt=0, description="Shortest time between two redraws.")
+    redraw_seconds: float = Field(0.25, gt=0, description="Shortest time between two redraws.")
     prefetch: int = Field(5000, ge=1, le=65535, description="Unacked events; must cover one redraw interval.")
 
 
@@ -184,6 +194,7 @@ class HistogramPlotter:
         self.histogram = ErrorHistogram()
         self.counted_ids = IdSet()  # compact: ~16 bytes per UUID
         self._waiting_for_redraw: list[Delivery] = []
+        self._waiting_since: float | None = None  # time.monotonic() of the oldest waiting delivery
         self._changed = False
         self._redraw_scheduled = False
         self._last_redraw = 0.0  # time.monotonic() of the last scheduled redraw
@@ -210,6 +221,7 @@ class HistogramPlotter:
         self._session = None
         self._redraw_scheduled = False
         self._waiting_for_redraw.clear()
+        self._waiting_since = None
 
     def on_batch(self, deliveries: list[Delivery]) -> None:
         errors = []
@@ -220,6 +232,8 @@ class HistogramPlotter:
             if self.counted_ids.add_if_new(event.id):
                 errors.append(event.absolute_error)
             self._waiting_for_redraw.append(delivery)
+        if self._waiting_for_redraw and self._waiting_since is None:
+            self._waiting_since = time.monotonic()
         if errors:
             self.histogram.add_many(np.array(errors, dtype=float))
             self._changed = True
@@ -244,6 +258,7 @@ class HistogramPlotter:
         if not self._waiting_for_redraw:
             return
         if self._changed:
+            started = time.monotonic()
             try:
                 self._render(self.histogram, self.png_path)
             except OSError as error:
@@ -251,9 +266,11 @@ class HistogramPlotter:
                           len(self._waiting_for_redraw))
                 return
             self._changed = False
+            REDRAW_DURATION.observe(time.monotonic() - started)
             self._redraws.event("redrew %s: %d events, mean absolute error %.2f", self.png_path,
                                 self.histogram.count, self.histogram.mean)
-        acked, self._waiting_for_redraw = self._waiting_for_redraw, []
+        EVENT_WAIT.observe(time.monotonic() - self._waiting_since)
+        acked, self._waiting_for_redraw, self._waiting_since = self._waiting_for_redraw, [], None
         for delivery in acked:
             delivery.ack()
 

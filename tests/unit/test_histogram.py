@@ -3,6 +3,7 @@ from __future__ import annotations
 import matplotlib.image
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from mlmonitor.messages import MetricAdded
 from mlmonitor.metric_log import HEADER_LINE
@@ -176,8 +177,32 @@ def test_redraws_are_coalesced_but_an_event_after_a_quiet_spell_is_drawn_at_once
     assert plotter.rendered == [2]
     plotter.on_batch([event("c")])
     delay = session.fire()
-    assert 0.4 < delay <= 0.5  # the next one waits out redraw_seconds (0.5)
+    assert 0.2 < delay <= 0.25  # the next one waits out redraw_seconds (0.25)
     assert plotter.rendered == [2, 3] and not session.timers
+
+
+def test_each_redraw_reports_its_duration_and_the_oldest_event_wait(plotter, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("plot.time.monotonic", lambda: clock[0])
+    sample = lambda name: REGISTRY.get_sample_value(name) or 0.0
+    before = {name: sample(name) for name in ("mlmonitor_plot_redraw_seconds_count",
+                                              "mlmonitor_plot_event_wait_seconds_count",
+                                              "mlmonitor_plot_event_wait_seconds_sum")}
+    event = lambda id: FakeDelivery(MetricAdded(id=id, y_true=1.0, y_pred=2.0, absolute_error=1.0).encode())
+    plotter.on_batch([event("a")])
+    clock[0] += 0.2
+    plotter.on_batch([event("b")])  # waits less than "a": the oldest one is what the redraw reports
+    clock[0] += 0.1
+    plotter.redraw_if_changed()
+    assert sample("mlmonitor_plot_redraw_seconds_count") == before["mlmonitor_plot_redraw_seconds_count"] + 1
+    assert sample("mlmonitor_plot_event_wait_seconds_count") == before["mlmonitor_plot_event_wait_seconds_count"] + 1
+    assert sample("mlmonitor_plot_event_wait_seconds_sum") == pytest.approx(
+        before["mlmonitor_plot_event_wait_seconds_sum"] + 0.3)
+    plotter.on_batch([event("c")])
+    clock[0] += 0.05
+    plotter.redraw_if_changed()  # the wait restarts with the first event after a redraw
+    assert sample("mlmonitor_plot_event_wait_seconds_sum") == pytest.approx(
+        before["mlmonitor_plot_event_wait_seconds_sum"] + 0.35)
 
 
 def test_a_failed_redraw_is_tried_again_after_redraw_seconds(plotter):

@@ -1,10 +1,14 @@
 """Streams samples of the diabetes data: the feature vector to queue `features` and the true
 target to queue `y_true`, both under one UUID.
 
-`--rate R` publishes R events a second (0: as fast as the broker confirms them); `--count N` stops
+`--rate R` publishes R events a second (0: as fast as the pipeline keeps up); `--count N` stops
 after N events whose two messages the broker has both confirmed, then exits 0. Events not yet
 confirmed when the connection drops are published again after reconnecting (downstream is
 idempotent per id).
+
+Backpressure: features polls the ready messages of `features`, `y_true` and `y_pred` every 0.1 s
+and publishes no more new events than keep the deepest of them within `--max-backlog`. A pipeline
+slower than the source, or one with a service down, so builds a bounded backlog, not an endless one.
 
 `--confirmed-ids-file PATH` appends `id,y_true` for each event once both its messages are
 confirmed, one write and fsync per batch of confirms: the fault-injection suite's record of what
@@ -14,6 +18,7 @@ was published. A SIGKILL between a confirm and that fsync can leave a confirmed 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from prometheus_client import Gauge
 from pydantic import Field
 from sklearn.datasets import load_diabetes
 
@@ -31,15 +37,21 @@ from mlmonitor.logs import EventLog
 from mlmonitor.messages import FeaturesMessage, TargetMessage
 from mlmonitor.service import start_service
 from mlmonitor.settings import ServiceSettings
-from mlmonitor.topology import FEATURES, Y_TRUE
+from mlmonitor.topology import FEATURES, Y_PRED, Y_TRUE
 
 log = logging.getLogger("features")
 
+BACKLOG_QUEUES = (FEATURES, Y_TRUE, Y_PRED)
+BACKLOG_POLL_SECONDS = 0.1
+PAUSED = Gauge("mlmonitor_features_paused", "1 while a pipeline queue is at --max-backlog and features waits.")
+
 
 class Settings(ServiceSettings):
-    rate: float = Field(1.0, ge=0, description="Events per second; 0 publishes as fast as the broker confirms.")
+    rate: float = Field(1.0, ge=0, description="Events per second; 0 publishes as fast as the pipeline keeps up.")
     count: int | None = Field(None, ge=1, description="Stop after this many confirmed events (default: endless).")
     max_unconfirmed: int = Field(2000, ge=1, description="Events in flight before waiting for confirms.")
+    max_backlog: int = Field(5000, ge=0, description="Most ready messages features lets build up in features, "
+                                                     "y_true or y_pred; 0 turns backpressure off.")
     seed: int | None = Field(None, description="Seed for the sample order (default: random).")
     confirmed_ids_file: Path | None = Field(
         None, description="Append 'id,y_true' of each confirmed event to this file, fsynced per batch of confirms.")
@@ -50,6 +62,28 @@ class Event:
     features: FeaturesMessage
     target: TargetMessage
     unconfirmed_parts: int = 2
+
+
+class BacklogBudget:
+    """New events that may be published before the next depth poll: `max_backlog` less the deepest
+    pipeline queue at the last poll. Counting the events published since that poll keeps the queues
+    within `max_backlog` (plus what is in flight) however fast features runs."""
+
+    def __init__(self, max_backlog: int):
+        self.max_backlog = max_backlog
+        self.remaining: float = 0 if max_backlog else math.inf  # nothing until the first poll
+        self.paused_since: float | None = None  # time.monotonic() when a poll found a queue full
+        self.paused_by = ("", 0)  # that queue and its depth
+
+    def update(self, deepest: int) -> None:
+        self.remaining = max(0, self.max_backlog - deepest)
+
+    def take(self) -> None:
+        self.remaining -= 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.remaining <= 0
 
 
 class ConfirmedIdsFile:
@@ -94,7 +128,9 @@ class FeatureStreamer:
         self._session: Session | None = None
         self._next_due = 0.0
         self._pump_scheduled = False
+        self._budget = BacklogBudget(settings.max_backlog)
         self._events = EventLog(log, "events published")
+        self._pauses = EventLog(log, "pauses for the backlog")
 
     @property
     def confirmed(self) -> int:
@@ -109,12 +145,35 @@ class FeatureStreamer:
                 self._publish(event)
         self._next_due = time.monotonic()
         session.every(1.0, self._events.flush)
+        session.every(1.0, self._pauses.flush)
+        if self._settings.max_backlog:
+            session.watch_queue_depths(BACKLOG_QUEUES, BACKLOG_POLL_SECONDS, self._on_queue_depths)
         self._pump()
 
     def on_disconnected(self) -> None:
         self._flush_confirmed_ids()
         self._session = None
         self._pump_scheduled = False
+        self._budget = BacklogBudget(self._settings.max_backlog)  # the next session polls afresh
+
+    def _on_queue_depths(self, depths: dict[str, int]) -> None:
+        deepest = max(depths, key=depths.get)
+        budget = self._budget
+        was_exhausted = budget.exhausted
+        budget.update(depths[deepest])
+        now = time.monotonic()
+        if budget.exhausted and budget.paused_since is None:
+            budget.paused_since, budget.paused_by = now, (deepest, depths[deepest])
+            PAUSED.set(1)
+        elif not budget.exhausted and budget.paused_since is not None:
+            self._pauses.event("paused %.1fs: %s held %d ready messages (--max-backlog %d)",
+                               now - budget.paused_since, *budget.paused_by, budget.max_backlog)
+            budget.paused_since = None
+            PAUSED.set(0)
+        if was_exhausted and not budget.exhausted:
+            self._next_due = max(self._next_due, now)  # what the backlog held back is not made up in a burst
+            if not self._pump_scheduled:
+                self._pump()
 
     def _finished_creating(self) -> bool:
         return self._settings.count is not None and self._created >= self._settings.count
@@ -128,14 +187,17 @@ class FeatureStreamer:
         rate = self._settings.rate
         now = time.monotonic()
         while not self._finished_creating() and len(self._in_flight) < self._settings.max_unconfirmed:
-            if rate and self._next_due > now:
+            if (rate and self._next_due > now) or self._budget.exhausted:
                 break
+            self._budget.take()
             self._publish(self._create_event())
             if rate:
                 # stay on schedule, but never burst more than a second's worth after a stall
                 self._next_due = max(self._next_due + 1 / rate, now - 1.0)
         if self._finished_creating() or len(self._in_flight) >= self._settings.max_unconfirmed:
             return  # confirms call _pump again
+        if self._budget.exhausted:
+            return  # the next depth poll calls _pump again
         self._pump_scheduled = True
         session.call_later(max(0.0, self._next_due - time.monotonic()) if rate else 0, self._pump)
 

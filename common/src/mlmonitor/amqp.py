@@ -22,7 +22,7 @@ import logging
 import signal
 import time
 import traceback
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import pika
 from pika.adapters.select_connection import IOLoop
@@ -320,6 +320,32 @@ class Session:
     @property
     def unconfirmed(self) -> int:
         return self._publisher.unconfirmed if self._publisher else 0
+
+    def watch_queue_depths(self, queues: Sequence[str], interval: float,
+                           on_depths: Callable[[dict[str, int]], None]) -> None:
+        """Every `interval` seconds, `on_depths({queue: ready messages})`, read by passive declares
+        on a channel of its own. A queue that has gone missing closes the session, and the
+        reconnect declares it again."""
+
+        def on_channel_open(channel):
+            channel.add_on_close_callback(self._on_channel_closed)
+            poll(channel)
+
+        def poll(channel):
+            depths: dict[str, int] = {}
+
+            def on_declared(frame):
+                depths[frame.method.queue] = frame.method.message_count
+                if len(depths) == len(queues):
+                    self.run_safely(lambda: on_depths(depths))
+                    self.call_later(interval, lambda: poll(channel))
+
+            if self.is_open:
+                for queue in queues:
+                    channel.queue_declare(queue, passive=True, callback=on_declared)
+
+        if self._consume_connection.is_open:
+            self._consume_connection.channel(on_open_callback=on_channel_open)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         """Runs `callback` after `delay` seconds unless the session has closed by then."""

@@ -1,9 +1,11 @@
 """The trained model in `models/`: `model.skops` (the estimator) and `model_card.json` (what it is).
 
 skops stores an estimator without pickle, and loading accepts only types it trusts, so a
-tampered file cannot run code. The card carries the artifact's SHA-256, which doubles as the
-model version and catches a truncated or swapped artifact. The card is written last: once it is
-there, the model is complete.
+tampered file cannot run code. The card carries the artifact's SHA-256, which catches a truncated
+or swapped artifact, and the model version: a hash of the fitted estimator's content
+(`joblib.hash`), so training again on the same data with the same seed gives the same version,
+while the skops archive itself differs byte for byte (it names its members after object ids). The
+card is written last: once it is there, the model is complete.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def model_version(estimator) -> str:
+    """12 hex digits that name the fitted model: equal for equal parameters and learned weights."""
+    import joblib
+
+    return joblib.hash(estimator)[:12]
+
+
 def save_model(models_dir: Path, estimator, card: ModelCard) -> ModelCard:
     """Writes the artifact, then the card; returns the card with version and checksum filled in."""
     import skops.io
@@ -63,7 +72,7 @@ def save_model(models_dir: Path, estimator, card: ModelCard) -> ModelCard:
     models_dir.mkdir(parents=True, exist_ok=True)
     artifact = skops.io.dumps(estimator)
     digest = hashlib.sha256(artifact).hexdigest()
-    card = ModelCard(**{**asdict(card), "artifact_sha256": digest, "version": digest[:12]})
+    card = ModelCard(**{**asdict(card), "artifact_sha256": digest, "version": model_version(estimator)})
     (models_dir / CARD_NAME).unlink(missing_ok=True)
     _write_atomically(models_dir / ARTIFACT_NAME, artifact)
     _write_atomically(models_dir / CARD_NAME, json.dumps(asdict(card), indent=2).encode())

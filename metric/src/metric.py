@@ -6,9 +6,10 @@ point redelivers them; the log remembers which ids it holds, so a redelivered pa
 second row (its event is published again, and subscribers drop ids they have already counted).
 A half arriving for a pair this process has already written and announced (say, a prediction the
 model made twice after a broker restart) is acked at once: no partner will come to release it.
-So is a half of one of the last rows written before this process started that is still alone a
-tick later (its predecessor was killed after acking one half of the pair but not the other), once
-the row's event is published again.
+So is a half of any row in the log that a predecessor wrote, except its last rows, whose events it
+may not have published: one of those that is still alone a tick later (the predecessor was killed
+after acking one half of the pair but not the other) is acked once the row's event is published
+again.
 A half whose partner does not come (see JoinBuffer) is dead-lettered with that reason.
 """
 
@@ -224,6 +225,8 @@ class MetricJoiner:
         self._sync_in_flight = False
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._announced = RecentIds(100_000)  # pairs written and their event confirmed, by this process
+        # pairs handed to the log and not yet announced; kept across reconnects, as their halves come back
+        self._unannounced: set[str] = set()
         # a predecessor killed mid-ack left at most its unacked pairs, among its last rows
         self._rows_before_start = last_rows(metric_log.path, 2 * settings.prefetch)
         self._halves_of_old_rows: tuple[set[str], set[str]] = (set(), set())  # seen this tick, the one before
@@ -253,7 +256,7 @@ class MetricJoiner:
             message = decode_or_dead_letter(self._session, MESSAGE_TYPES[delivery.queue], delivery)
             if message is None:
                 continue
-            if message.id in self._announced:
+            if message.id in self._announced or self._announced_long_ago(message.id):
                 delivery.ack()  # a duplicate: its row and its event exist
                 continue
             if message.id in self._rows_before_start:
@@ -265,7 +268,14 @@ class MetricJoiner:
         if pairs:
             self._write_and_publish(pairs)
 
+    def _announced_long_ago(self, id: str) -> bool:
+        """A row in the log that is neither this process's work in flight nor among the last rows a
+        predecessor wrote (only those can lack their event: its unacked pairs were at most its
+        prefetch). Every other row's event was confirmed before its halves were acked."""
+        return id in self._log.written_ids and id not in self._unannounced and id not in self._rows_before_start
+
     def _write_and_publish(self, pairs: list[Pair[Delivery]], retrying: bool = False) -> None:
+        self._unannounced.update(pair.id for pair in pairs)
         if self._unwritten and not retrying:
             self._unwritten.extend(pairs)  # the log is failing: they wait for the next retry
             return
@@ -332,6 +342,7 @@ class MetricJoiner:
 
     def _announced_pair(self, pair: Pair[Delivery]) -> None:
         self._announced.add(pair.id)
+        self._unannounced.discard(pair.id)
         _ack_all(pair.deliveries + self._buffer.remove(pair.id))  # with duplicates that came meanwhile
         JOIN_BUFFER_HALVES.set(len(self._buffer))
 

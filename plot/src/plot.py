@@ -121,7 +121,8 @@ class HistogramFigure:
         self.bars = self.axes.stairs(np.zeros(1), [0, 1], fill=True, color="tab:blue", alpha=0.8, animated=True)
         self.mean_line = self.axes.axvline(0, color="tab:red", linestyle="--", label="mean absolute error",
                                            animated=True)
-        self.text = self.axes.text(0.02, 0.97, "", transform=self.axes.transAxes, va="top", animated=True,
+        self.text = self.axes.text(0.98, 0.86, "", transform=self.axes.transAxes, ha="right", va="top",
+                                   multialignment="left", animated=True,
                                    bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
         self.axes.set_title("Distribution of absolute errors |y_true − y_pred|")
         self.axes.set_xlabel("absolute error")

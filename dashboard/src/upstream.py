@@ -1,5 +1,6 @@
 """The pipeline's health as the other services report it on their Prometheus /metrics endpoints:
-messages dead-lettered per queue, join halves expired, the join buffer's size.
+messages dead-lettered per queue, join halves expired, the join buffer's size, and whether
+features is waiting for the backlog to drain.
 
 Counters are per process, so they count since each service last started. A source that does not
 answer keeps its last figures and is shown as unreachable.
@@ -22,6 +23,7 @@ log = logging.getLogger("dashboard.upstream")
 DEAD_LETTERED = "mlmonitor_messages_dead_lettered_total"
 EXPIRED_HALVES = "mlmonitor_join_expired_halves_total"
 JOIN_BUFFER = "mlmonitor_join_buffer_halves"
+FEATURES_PAUSED = "mlmonitor_features_paused"
 OWN_SOURCE = "dashboard"
 
 
@@ -30,6 +32,7 @@ def pipeline_counts(texts: Iterable[str]) -> dict:
     dead_lettered: dict[str, float] = {}
     expired: dict[str, float] = {}
     join_buffer: float | None = None
+    paused: float | None = None
     for text in texts:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -41,12 +44,15 @@ def pipeline_counts(texts: Iterable[str]) -> dict:
                     expired[queue] = expired.get(queue, 0) + sample.value
                 elif sample.name == JOIN_BUFFER:
                     join_buffer = (join_buffer or 0) + sample.value
+                elif sample.name == FEATURES_PAUSED:
+                    paused = max(paused or 0, sample.value)
     return {
         "dead_lettered": {queue: int(value) for queue, value in sorted(dead_lettered.items())},
         "dead_lettered_total": int(sum(dead_lettered.values())),
         "expired_halves": {queue: int(value) for queue, value in sorted(expired.items())},
         "expired_halves_total": int(sum(expired.values())),
         "join_buffer_halves": None if join_buffer is None else int(join_buffer),
+        "features_paused": None if paused is None else ("yes" if paused else "no"),
     }
 
 

@@ -139,7 +139,8 @@ def test_the_card_is_read_again_when_it_changes(tmp_path):
     assert "not a valid model card" in watcher.current()["error"]
 
 
-def exposition(dead: dict[str, int], expired: dict[str, int] | None = None, buffer: int | None = None) -> str:
+def exposition(dead: dict[str, int], expired: dict[str, int] | None = None, buffer: int | None = None,
+               paused: int | None = None) -> str:
     registry = CollectorRegistry()
     dead_counter = Counter("mlmonitor_messages_dead_lettered_total", "d", ["queue"], registry=registry)
     for queue, count in dead.items():
@@ -150,12 +151,14 @@ def exposition(dead: dict[str, int], expired: dict[str, int] | None = None, buff
             expired_counter.labels(queue).inc(count)
     if buffer is not None:
         Gauge("mlmonitor_join_buffer_halves", "b", registry=registry).set(buffer)
+    if paused is not None:
+        Gauge("mlmonitor_features_paused", "p", registry=registry).set(paused)
     return generate_latest(registry).decode()
 
 
 def test_pipeline_counts_add_up_the_services_expositions():
     counts = pipeline_counts([
-        exposition({"features": 1}),
+        exposition({"features": 1}, paused=1),
         exposition({"y_true": 3, "y_pred": 2}, expired={"y_true": 2, "y_pred": 1}, buffer=7),
         exposition({"y_true": 1}),
     ])
@@ -165,6 +168,9 @@ def test_pipeline_counts_add_up_the_services_expositions():
     assert counts["expired_halves_total"] == 3
     assert counts["join_buffer_halves"] == 7
     assert pipeline_counts([])["join_buffer_halves"] is None
+    assert counts["features_paused"] == "yes"
+    assert pipeline_counts([exposition({}, paused=0)])["features_paused"] == "no"
+    assert pipeline_counts([])["features_paused"] is None
 
 
 def test_a_source_that_stops_answering_keeps_its_last_figures():

@@ -17,7 +17,7 @@ from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker import drain, publish_raw
+from broker import drain, publish_raw, queue_depth
 from brokers import WORK_QUEUES, Broker, socket_inodes
 from checks import (check_dead_letters, check_plot, check_rows, count_lines, parse_metric_log, read_confirmed,
                     unexpected_tracebacks)
@@ -90,8 +90,9 @@ class Result:
 class ScenarioRun:
     def __init__(self, name: str, broker: Broker, workdir: Path, models_dir: Path, events: int, rate: float,
                  rng: random.Random, known_pairs, histogram_factory, url_query: str = "", proxied: bool = False,
-                 logs_on_tmpfs: str | None = None):
+                 logs_on_tmpfs: str | None = None, max_backlog: int | None = None):
         self.name = name
+        self.max_backlog = max_backlog
         self.broker = broker
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
@@ -124,6 +125,9 @@ class ScenarioRun:
         self._features_exit_codes: list[int] = []
 
     # --- progress ---------------------------------------------------------------------------
+
+    def queue_depth(self, queue: str) -> int:
+        return queue_depth(self.broker.url(self.vhost), queue)
 
     def rows(self) -> int:
         return max(0, count_lines(self.csv_path) - 1)
@@ -168,6 +172,8 @@ class ScenarioRun:
                 return
             args = ["--rate", f"{self.rate:g}", "--count", str(remaining),
                     "--confirmed-ids-file", str(self.confirmed_path)]
+            if self.max_backlog is not None:
+                args += ["--max-backlog", str(self.max_backlog)]
         self.pipelines[service].start(service, args)
         self.journal(f"started {service} {' '.join(args)}")
 

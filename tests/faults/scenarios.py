@@ -129,6 +129,43 @@ def closed_by_broker(run: ScenarioRun, repeats: int) -> None:
                       watches([victim]))
 
 
+BACKLOG_SCENARIO_MAX = 300
+
+
+def consumer_stopped_past_the_backlog(run: ScenarioRun, repeats: int) -> None:
+    """SIGSTOPs model or metric until its queue holds --max-backlog messages, then checks for a few
+    seconds that features holds back instead of publishing on, and SIGCONTs it."""
+    victims = itertools.cycle(run.rng.sample(("model", "metric"), 2))
+    queue_of = {"model": "features", "metric": "y_true"}
+    bound = BACKLOG_SCENARIO_MAX + run.rate  # plus what features has in flight: at most a second's worth
+    # early enough that the rest of the stream fills the victim's prefetch (500 or 1000) and the backlog
+    for moment, victim in zip(run.random_moments(repeats, 0.1, 0.4), victims):
+        run.at_fraction(moment)
+        queue = queue_of[victim]
+        pauses_before = run.output("features").count("paused ")
+        run.signal([victim], signal.SIGSTOP)
+        stopped = time.monotonic()
+        if not wait_for(lambda: run.queue_depth(queue) >= BACKLOG_SCENARIO_MAX, 60, f"{queue} to fill"):
+            run.result.problems.append(f"{queue} never reached --max-backlog {BACKLOG_SCENARIO_MAX} with {victim} stopped")
+        confirmed_when_full = run.confirmed()
+        held_until = time.monotonic() + run.rng.uniform(2.0, 4.0)
+        deepest = 0
+        while time.monotonic() < held_until:  # the outage itself; the check is on every poll within it
+            deepest = max(deepest, run.queue_depth(queue))
+            time.sleep(0.1)
+        published_meanwhile = run.confirmed() - confirmed_when_full
+        run.signal([victim], signal.SIGCONT)
+        run.journal(f"{victim} stopped {time.monotonic() - stopped:.1f}s; {queue} at most {deepest}, "
+                    f"{published_meanwhile} events confirmed while it was full")
+        if deepest > bound or published_meanwhile > bound:
+            run.result.problems.append(f"features did not hold back: {queue} reached {deepest}, "
+                                       f"{published_meanwhile} events confirmed while it was full")
+        run.recovered(f"{victim} stopped until {queue} held {BACKLOG_SCENARIO_MAX}", time.monotonic(), (victim,),
+                      watches([victim, "features"]))
+        if not wait_for(lambda: run.output("features").count("paused ") > pauses_before, 30, "features' pause line"):
+            run.result.problems.append("features logged no pause")
+
+
 def disk_full(run: ScenarioRun, repeats: int) -> None:
     """Fills the tmpfs under logs/ until metric has retried twice, checks that no row was written
     meanwhile and that metric said so clearly (one error line per retry, not one per batch), frees it."""
@@ -171,6 +208,7 @@ class Scenario:
     logs_on_tmpfs: str | None = None
     starts_services: bool = False  # the scenario starts them itself
     events_scale: float = 1.0  # a longer stream, for faults that take long to inject (rabbitmqctl)
+    max_backlog: int | None = None  # features' --max-backlog, when the scenario needs it low
 
 
 SCENARIOS = (
@@ -189,6 +227,8 @@ SCENARIOS = (
     Scenario("consumer hangs past heartbeat", consumer_hangs, quick_repeats=1, url_query="heartbeat=2"),
     Scenario("network blip (proxy cut)", network_blip, repeats=4, quick_repeats=2, proxied=True),
     Scenario("connection closed by broker", closed_by_broker, repeats=4, events_scale=2),
+    Scenario("consumer stopped past the backlog", consumer_stopped_past_the_backlog, repeats=2, quick_repeats=1,
+             max_backlog=BACKLOG_SCENARIO_MAX, events_scale=2.5),
     Scenario("logs/ disk full", disk_full, repeats=2, quick_repeats=1, logs_on_tmpfs="16m"),
 )
 

@@ -64,7 +64,7 @@ class Suite:
             broker = self.private_broker() if scenario.private_broker else self.shared
             run = ScenarioRun(scenario_dir(scenario.name), broker, self.workdir, self.models_dir,
                               int(self.events * scenario.events_scale), self.rate, rng, self.known_pairs, self.histogram_factory, scenario.url_query,
-                              scenario.proxied, scenario.logs_on_tmpfs)
+                              scenario.proxied, scenario.logs_on_tmpfs, scenario.max_backlog)
             result = run.result
             result.scenario = scenario.name
             if not scenario.starts_services:

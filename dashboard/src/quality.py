@@ -14,6 +14,7 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
+from mlmonitor.histogram import ErrorHistogram
 from mlmonitor.ids import IdSet
 
 WINDOW_SIZES = (100, 1000)
@@ -161,38 +162,6 @@ class Window:
 
     def figures(self) -> dict:
         return self._sums.figures(self._maxima[0][1] if self._maxima else None)
-
-
-class ErrorHistogram:
-    """Counts of absolute errors in `bins` equal bins from 0. An error past the last bin doubles
-    the bin width, merging neighbours, so the counts stay exact and an update stays O(1)."""
-
-    def __init__(self, bins: int = 40, initial_width: float = 5.0):
-        if bins % 2:
-            raise ValueError("bins must be even, so that neighbours can merge")
-        self.counts = [0] * bins
-        self.width = initial_width
-
-    def add(self, error: float) -> None:
-        self._widen_for(error)
-        self.counts[int(error // self.width)] += 1
-
-    def add_many(self, errors: np.ndarray) -> None:
-        if errors.size:
-            self._widen_for(float(errors.max()))
-            added = np.bincount((errors // self.width).astype(np.int64), minlength=len(self.counts))
-            self.counts = [count + int(more) for count, more in zip(self.counts, added)]
-
-    def _widen_for(self, error: float) -> None:
-        while error >= self.width * len(self.counts):
-            merged = [self.counts[i] + self.counts[i + 1] for i in range(0, len(self.counts), 2)]
-            self.counts = merged + [0] * len(merged)
-            self.width *= 2
-
-    def shown(self, min_bins: int = 10) -> dict:
-        """The bins up to the last one in use (at least `min_bins`), for drawing."""
-        used = max((i + 1 for i, count in enumerate(self.counts) if count), default=0)
-        return {"bin_width": self.width, "counts": self.counts[:max(used, min_bins)]}
 
 
 class QualityBoard:

@@ -31,6 +31,7 @@ from prometheus_client import Histogram  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from mlmonitor.amqp import Delivery, Session, decode_or_dead_letter, run_worker  # noqa: E402
+from mlmonitor.histogram import ErrorHistogram  # noqa: E402
 from mlmonitor.logs import EventLog  # noqa: E402
 from mlmonitor.messages import MetricAdded  # noqa: E402
 from mlmonitor.ids import IdSet  # noqa: E402
@@ -56,53 +57,6 @@ class Settings(ConsumerSettings):
     logs_dir: Path = Field(Path("logs"), description="Folder of metric_log.csv and error_distribution.png.")
     redraw_seconds: float = Field(0.25, gt=0, description="Shortest time between two redraws.")
     prefetch: int = Field(5000, ge=1, le=65535, description="Unacked events; must cover one redraw interval.")
-
-
-class ErrorHistogram:
-    """Counts of absolute errors in `bins` equal bins from 0.
-
-    When an error falls past the last bin, the bin width doubles and neighbouring bins merge,
-    which keeps the counts exact: adding an error costs O(1) however long the history is.
-    """
-
-    def __init__(self, bins: int = 40, initial_width: float = 5.0):
-        if bins % 2:
-            raise ValueError("bins must be even, so that neighbours can merge")
-        self.counts = np.zeros(bins, dtype=np.int64)
-        self.width = initial_width
-        self.count = 0
-        self.total = 0.0
-        self.maximum = 0.0
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count if self.count else 0.0
-
-    @property
-    def edges(self) -> np.ndarray:
-        return np.arange(len(self.counts) + 1) * self.width
-
-    def add(self, error: float) -> None:
-        self.add_many(np.array([error], dtype=float))
-
-    def add_many(self, errors: np.ndarray) -> None:
-        if errors.size == 0:
-            return
-        if np.any(errors < 0) or not np.all(np.isfinite(errors)):
-            raise ValueError("absolute errors must be finite and non-negative")
-        largest = float(errors.max())
-        while largest >= self.width * len(self.counts):
-            self._double_width()
-        bins = (errors // self.width).astype(np.int64)
-        self.counts += np.bincount(bins, minlength=len(self.counts))
-        self.count += int(errors.size)
-        self.total += float(errors.sum())
-        self.maximum = max(self.maximum, largest)
-
-    def _double_width(self) -> None:
-        self.counts = np.concatenate([self.counts.reshape(-1, 2).sum(axis=1),
-                                      np.zeros(len(self.counts) // 2, dtype=np.int64)])
-        self.width *= 2
 
 
 class HistogramFigure:

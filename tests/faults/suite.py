@@ -13,6 +13,7 @@ from pathlib import Path
 
 from brokers import PrivateBroker, SharedBroker, rabbitmq_scripts
 from harness import Result, ScenarioRun, Skipped
+from mlmonitor.histogram import ErrorHistogram
 from run_pipeline import ROOT, Pipeline
 from scenarios import Scenario
 
@@ -42,8 +43,6 @@ class Suite:
         if exit_code != 0:
             raise RuntimeError(f"learn_model failed; see {workdir / 'learn_model'}")
         self.known_pairs = known_pairs(self.models_dir)
-        from plot import ErrorHistogram
-
         self.histogram_factory = ErrorHistogram
         self.results: list[Result] = []
 

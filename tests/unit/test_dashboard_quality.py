@@ -146,7 +146,7 @@ def test_histogram_counts_are_exact_across_widenings():
         histogram.add(float(error))
     assert histogram.width >= errors.max() / 40
     edges = np.arange(41) * histogram.width
-    assert histogram.counts == np.histogram(errors, bins=edges)[0].tolist()
+    assert histogram.counts.tolist() == np.histogram(errors, bins=edges)[0].tolist()
     shown = histogram.shown()
     assert sum(shown["counts"]) == len(errors) and shown["bin_width"] == histogram.width
 

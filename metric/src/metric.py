@@ -172,25 +172,6 @@ class JoinBuffer(Generic[Ack]):
             halves.clear()
 
 
-class RecentIds:
-    """The last `size` ids added: membership in O(1) and bounded memory."""
-
-    def __init__(self, size: int):
-        self._size = size
-        self._order: deque[str] = deque()
-        self._ids: set[str] = set()
-
-    def add(self, id: str) -> None:
-        if id not in self._ids:
-            self._ids.add(id)
-            self._order.append(id)
-            if len(self._order) > self._size:
-                self._ids.discard(self._order.popleft())
-
-    def __contains__(self, id: str) -> bool:
-        return id in self._ids
-
-
 def partner_of(queue: str) -> str:
     return Y_PRED if queue == Y_TRUE else Y_TRUE
 
@@ -224,10 +205,10 @@ class MetricJoiner:
         self._unsynced: deque[Unsynced] = deque()  # written, waiting for an fsync to cover them
         self._sync_in_flight = False
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
-        self._announced = RecentIds(100_000)  # pairs written and their event confirmed, by this process
         # pairs handed to the log and not yet announced; kept across reconnects, as their halves come back
         self._unannounced: set[str] = set()
-        # a predecessor killed mid-ack left at most its unacked pairs, among its last rows
+        # a predecessor killed mid-ack left at most its unacked pairs, among its last rows; a row leaves
+        # this once this process has announced it
         self._rows_before_start = last_rows(metric_log.path, 2 * settings.prefetch)
         self._halves_of_old_rows: tuple[set[str], set[str]] = (set(), set())  # seen this tick, the one before
         self._session: Session | None = None
@@ -256,7 +237,7 @@ class MetricJoiner:
             message = decode_or_dead_letter(self._session, MESSAGE_TYPES[delivery.queue], delivery)
             if message is None:
                 continue
-            if message.id in self._announced or self._announced_long_ago(message.id):
+            if self._announced(message.id):
                 delivery.ack()  # a duplicate: its row and its event exist
                 continue
             if message.id in self._rows_before_start:
@@ -268,10 +249,10 @@ class MetricJoiner:
         if pairs:
             self._write_and_publish(pairs)
 
-    def _announced_long_ago(self, id: str) -> bool:
-        """A row in the log that is neither this process's work in flight nor among the last rows a
-        predecessor wrote (only those can lack their event: its unacked pairs were at most its
-        prefetch). Every other row's event was confirmed before its halves were acked."""
+    def _announced(self, id: str) -> bool:
+        """A row in the log whose event was confirmed: neither this process's work in flight nor among
+        the last rows a predecessor wrote and this process has not announced again (only those can
+        lack their event: the predecessor's unacked pairs were at most its prefetch)."""
         return id in self._log.written_ids and id not in self._unannounced and id not in self._rows_before_start
 
     def _write_and_publish(self, pairs: list[Pair[Delivery]], retrying: bool = False) -> None:
@@ -341,8 +322,8 @@ class MetricJoiner:
                                       on_confirmed=lambda deliveries=deliveries: _ack_all(deliveries))
 
     def _announced_pair(self, pair: Pair[Delivery]) -> None:
-        self._announced.add(pair.id)
         self._unannounced.discard(pair.id)
+        self._rows_before_start.pop(pair.id, None)
         _ack_all(pair.deliveries + self._buffer.remove(pair.id))  # with duplicates that came meanwhile
         JOIN_BUFFER_HALVES.set(len(self._buffer))
 

@@ -1,12 +1,5 @@
-from metric import JoinBuffer, RecentIds
+from metric import JoinBuffer
 from mlmonitor.messages import PredictionMessage, TargetMessage
-
-
-def test_recent_ids_remembers_the_last_size_ids():
-    recent = RecentIds(2)
-    for id in ("a", "b", "a", "c"):
-        recent.add(id)
-    assert "a" not in recent and "b" in recent and "c" in recent
 
 
 def test_remove_takes_out_every_waiting_half_of_an_id():

@@ -15,7 +15,6 @@ A half whose partner does not come (see JoinBuffer) is dead-lettered with that r
 
 from __future__ import annotations
 
-import csv
 import logging
 import sys
 import time
@@ -31,7 +30,7 @@ from pydantic import Field
 from mlmonitor.amqp import Delivery, Session, decode_or_dead_letter, run_worker
 from mlmonitor.logs import EventLog
 from mlmonitor.messages import MetricAdded, PredictionMessage, TargetMessage
-from mlmonitor.metric_log import MetricLogWriter, MetricRow
+from mlmonitor.metric_log import MetricLogWriter, MetricRow, read_last_rows
 from mlmonitor.service import start_service
 from mlmonitor.settings import ConsumerSettings
 from mlmonitor.topology import METRIC_ADDED, METRIC_EVENTS_EXCHANGE, Y_PRED, Y_TRUE
@@ -176,25 +175,6 @@ def partner_of(queue: str) -> str:
     return Y_PRED if queue == Y_TRUE else Y_TRUE
 
 
-def last_rows(path: Path, count: int, bytes_per_row: int = 160) -> dict[str, MetricRow]:
-    """The last `count` or so complete rows of the log, by id (fewer if ids are long)."""
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        return {}
-    with handle:
-        start = max(0, handle.seek(0, 2) - count * bytes_per_row)
-        handle.seek(start)
-        lines = handle.read().decode("utf-8", errors="replace").split("\n")
-    rows = {}
-    for fields in csv.reader(lines[1:-1]):  # the first may be cut (or the header), the last unfinished
-        try:
-            rows[fields[0]] = MetricRow(fields[0], float(fields[1]), float(fields[2]), float(fields[3]))
-        except (IndexError, ValueError):
-            continue
-    return rows
-
-
 class MetricJoiner:
     def __init__(self, settings: Settings, metric_log: MetricLogWriter, clock=time.monotonic):
         self._settings = settings
@@ -209,7 +189,7 @@ class MetricJoiner:
         self._unannounced: set[str] = set()
         # a predecessor killed mid-ack left at most its unacked pairs, among its last rows; a row leaves
         # this once this process has announced it
-        self._rows_before_start = last_rows(metric_log.path, 2 * settings.prefetch)
+        self._rows_before_start = read_last_rows(metric_log.path, 2 * settings.prefetch)
         self._halves_of_old_rows: tuple[set[str], set[str]] = (set(), set())  # seen this tick, the one before
         self._session: Session | None = None
         self._rows = EventLog(log, "rows written")

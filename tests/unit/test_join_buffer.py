@@ -137,3 +137,12 @@ def test_pair_row_and_event_carry_the_absolute_error():
 
 def test_pair_absolute_error_is_never_negative():
     assert Pair(target("a", 100.0), prediction("a", 90.0), []).row().absolute_error == 10.0
+
+
+def test_remove_takes_out_every_waiting_half_of_an_id():
+    buffer = JoinBuffer(ttl=5.0, max_wait=600.0)
+    buffer.add("y_pred", PredictionMessage(id="a", body=1.0), "pred 1", 0.0)
+    buffer.add("y_pred", PredictionMessage(id="a", body=1.0), "pred 2", 0.1)
+    buffer.add("y_true", TargetMessage(id="b", body=2.0), "true b", 0.2)
+    assert buffer.remove("a") == ["pred 1", "pred 2"]
+    assert buffer.remove("a") == [] and len(buffer) == 1

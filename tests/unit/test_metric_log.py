@@ -6,7 +6,7 @@ import os
 import pytest
 
 from mlmonitor import metric_log
-from mlmonitor.metric_log import HEADER_LINE, MetricLogError, MetricLogWriter, MetricRow, read_rows
+from mlmonitor.metric_log import HEADER_LINE, MetricLogError, MetricLogWriter, MetricRow, read_last_rows, read_rows
 
 
 def row(id: str, y_true: float = 150.0, y_pred: float = 140.5) -> MetricRow:
@@ -183,3 +183,14 @@ def test_close_twice_is_harmless(path):
     writer = MetricLogWriter(path, fsync=False)
     writer.close()
     writer.close()
+
+
+def test_read_last_rows_reads_only_the_tail_of_the_log(tmp_path):
+    path = tmp_path / "metric_log.csv"
+    path.write_text("id,y_true,y_pred,absolute_error\n" + "".join(f"id-{n},1.0,2.0,1.0\n" for n in range(1000))
+                    + "unfinished,1.0")
+    rows = read_last_rows(path, 10, bytes_per_row=20)
+    assert "id-999" in rows and "id-900" not in rows and "unfinished" not in rows
+    assert rows["id-999"].absolute_error == 1.0
+    assert set(read_last_rows(path, 5000)) == {f"id-{n}" for n in range(1000)}
+    assert read_last_rows(tmp_path / "missing.csv", 10) == {}

@@ -26,6 +26,11 @@ def uuid_key(id: str) -> int | None:
     return None
 
 
+def split_key(key: int) -> tuple[int, int]:
+    """A 128-bit key's high and low 64 bits, as the sorted arrays hold them."""
+    return key >> 64, key & _LOW_BITS
+
+
 def uuid_string(high: int, low: int) -> str:
     digits = f"{(int(high) << 64) | int(low):032x}"
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
@@ -103,7 +108,7 @@ class IdSet(Set):
             self.discard(id)
 
     def _index_of(self, key: int) -> int | None:
-        high, low = np.uint64(key >> 64), np.uint64(key & _LOW_BITS)
+        high, low = map(np.uint64, split_key(key))
         index = int(self._high.searchsorted(high))
         while index < len(self._high) and self._high[index] == high:  # ids sharing 64 bits: check them all
             if self._low[index] == low:
@@ -113,8 +118,7 @@ class IdSet(Set):
 
     def _merge_recent(self) -> None:
         keys = [int(id.replace("-", ""), 16) for id in self._recent]
-        high = np.array([key >> 64 for key in keys], dtype=np.uint64)
-        low = np.array([key & _LOW_BITS for key in keys], dtype=np.uint64)
+        high, low = np.array([split_key(key) for key in keys], dtype=np.uint64).T
         order = np.argsort(high, kind="stable")
         where = np.searchsorted(self._high, high[order])
         self._high = np.insert(self._high, where, high[order])

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .ids import IdSet, uuid_key
+from .ids import IdSet, split_key, uuid_key
 
 HEADER = ("id", "y_true", "y_pred", "absolute_error")
 HEADER_LINE = ",".join(HEADER) + "\n"
@@ -166,17 +166,22 @@ def _parse_uuid_block(block: bytes, with_errors: bool) -> tuple[np.ndarray, np.n
     return high, low, errors
 
 
+def _lines_of(block: bytes) -> list[str]:
+    """The lines of a block of complete lines, each with its newline."""
+    return [line + "\n" for line in block.decode("utf-8", errors="replace").split("\n")[:-1]]
+
+
 def _parse_block_slowly(path: Path, block: bytes, first_line_number: int,
                         others: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lines = [line + "\n" for line in block.decode("utf-8", errors="replace").split("\n")[:-1]]
     high, low, errors = [], [], []
-    for row in _parse(path, lines, first_line_number):
+    for row in _parse(path, _lines_of(block), first_line_number):
         key = uuid_key(row.id)
         if key is None:
             others.setdefault(row.id, row.absolute_error)
         else:
-            high.append(key >> 64)
-            low.append(key & ((1 << 64) - 1))
+            key_high, key_low = split_key(key)
+            high.append(key_high)
+            low.append(key_low)
             errors.append(row.absolute_error)
     return np.array(high, dtype=np.uint64), np.array(low, dtype=np.uint64), np.array(errors, dtype=float)
 
@@ -206,15 +211,36 @@ def _check_header(path: Path, header: str) -> None:
         raise MetricLogError(f"{path} starts with {header.strip()!r}, expected {HEADER_LINE.strip()!r}")
 
 
+def _row_of(fields: list[str]) -> MetricRow | None:
+    try:
+        return MetricRow(fields[0], float(fields[1]), float(fields[2]), float(fields[3]))
+    except (IndexError, ValueError):
+        return None
+
+
 def _parse(path: Path, lines: Iterable[str], first_line_number: int) -> Iterator[MetricRow]:
     for line_number, fields in enumerate(csv.reader(lines), start=first_line_number):
-        try:
-            row = MetricRow(fields[0], float(fields[1]), float(fields[2]), float(fields[3]))
-        except (IndexError, ValueError):
+        row = _row_of(fields)
+        if row is None:
             log.warning("%s:%d is not a metric row; skipped: %r", path, line_number, fields)
             continue
         if math.isfinite(row.absolute_error):
             yield row
+
+
+def read_last_rows(path: Path, count: int, bytes_per_row: int = 160) -> dict[str, MetricRow]:
+    """The last `count` or so complete rows of the log, by id (fewer if ids are long), read from its
+    end only; lines that are not rows are skipped without a warning."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return {}
+    with handle:
+        start = max(0, handle.seek(0, 2) - count * bytes_per_row)
+        handle.seek(start)
+        lines = handle.read().decode("utf-8", errors="replace").split("\n")
+    rows = (_row_of(fields) for fields in csv.reader(lines[1:-1]))  # the first may be cut, the last unfinished
+    return {row.id: row for row in rows if row is not None}
 
 
 class MetricLogTail:
@@ -254,7 +280,7 @@ class MetricLogTail:
                     yield from self._rows_of(complete)
 
     def _rows_of(self, complete: bytes) -> Iterator[MetricRow]:
-        lines = [line + "\n" for line in complete.decode("utf-8", errors="replace").split("\n")[:-1]]
+        lines = _lines_of(complete)
         first_line_number = self._lines_read + 1
         if first_line_number == 1:
             _check_header(self.path, lines[0])

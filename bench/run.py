@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from observe import CsvTail, Probe, Sampler, SummaryTail  # noqa: E402
 from run_pipeline import Pipeline  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 QUEUES = ["features", "y_true", "y_pred", "metric_added"]
 CONSUMED = {"features": "model", "y_true": "metric", "y_pred": "metric", "metric_added": "plot"}
@@ -100,16 +101,6 @@ def git_commit() -> str:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "common", "features", "model",
                             "metric", "plot", "bench", ":!bench/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return result.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def consumers_ready(amqp_url: str) -> bool:
@@ -177,7 +168,7 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
         try:
             for service in ("model", "metric", "plot"):
                 pipeline.start(service)
-            wait_for(lambda: consumers_ready(amqp_url) or _fail_if_dead(pipeline), 60, "the consumers")
+            wait_until(lambda: consumers_ready(amqp_url) or _fail_if_dead(pipeline), 60, message="the consumers")
             probe = Probe(amqp_url)
             csv_tail = CsvTail(logs_dir / "metric_log.csv")
             summary = SummaryTail(logs_dir / "error_distribution.json")
@@ -201,7 +192,7 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
                 return (csv_tail.rows >= count and summary.count >= count and len(probe.sent_at) >= count
                         and producing_until is not None) or _fail_if_dead(pipeline, allowed={"features"})
 
-            wait_for(done, timeout, f"{count} rows drawn", 0.1)
+            wait_until(done, timeout, 0.1, message=f"{count} rows drawn")
             finished = time.time()
             sampler.sample_rss()
         finally:
@@ -263,15 +254,15 @@ def run_bare(count: int, work: Path, timeout: float) -> dict:
             for role in ("model", "metric"):
                 pipeline.start(role)
             pipeline.start("plot", ["--count", str(count), "--stats", str(stats)])
-            wait_for(lambda: consumers_ready(amqp_url) or _fail_if_dead(pipeline), 60, "the bare consumers")
+            wait_until(lambda: consumers_ready(amqp_url) or _fail_if_dead(pipeline), 60, message="the bare consumers")
             probe.start()
             probe.ready.wait(10)
             started = time.time()
             pipeline.start("features", ["--count", str(count)])
             sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()}, BROKER_PID)
             sampler.start()
-            wait_for(lambda: stats.exists() or _fail_if_dead(pipeline, allowed={"features"}), timeout,
-                     "the bare sink", 0.1)
+            wait_until(lambda: stats.exists() or _fail_if_dead(pipeline, allowed={"features"}), timeout, 0.1,
+                       message="the bare sink")
             sampler.stop()
             producing_until = time.time()
         finally:

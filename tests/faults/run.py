@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-for path in (HERE, ROOT / "tests", ROOT / "scripts", ROOT / "plot" / "src"):
+for path in (HERE, ROOT / "tests", ROOT / "scripts"):
     sys.path.insert(0, str(path))
 
 from scenarios import PROFILES, SCENARIOS  # noqa: E402

@@ -1,4 +1,4 @@
-"""Bounded waits on conditions, instead of fixed sleeps."""
+"""Bounded waits on conditions, instead of fixed sleeps: for the tests and the benchmark."""
 
 from __future__ import annotations
 

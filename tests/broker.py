@@ -1,10 +1,33 @@
-"""Small blocking-pika helpers for tests: publish raw bodies, read queues, count messages."""
+"""Small helpers for tests that talk to RabbitMQ: vhosts through rabbitmqctl, and blocking pika to publish
+raw bodies, read queues and count messages."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pika
+
+BROKER_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
+BROKER_PORT = int(os.environ.get("TEST_RABBITMQ_PORT", "5672"))
+
+
+def amqp_url_for(vhost: str) -> str:
+    return f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/{vhost}"
+
+
+def rabbitmqctl(*args: str, input: str | None = None) -> str:
+    return subprocess.run(["rabbitmqctl", "-q", *args], input=input, check=True, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def create_vhost(name: str) -> None:
+    """Creates the vhost with guest's permissions in one rabbitmqctl call, as each call takes seconds."""
+    definitions = {"vhosts": [{"name": name}],
+                   "permissions": [{"user": "guest", "vhost": name, "configure": ".*", "write": ".*", "read": ".*"}]}
+    # on stdin: the broker runs as another user and can't read pytest's private tmp_path
+    rabbitmqctl("import_definitions", "--format", "json", input=json.dumps(definitions))
 
 
 def connect(amqp_url: str) -> pika.BlockingConnection:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -16,24 +14,17 @@ for service in ("features", "model", "metric", "plot", "learn_model", "dashboard
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-BROKER_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
-BROKER_PORT = int(os.environ.get("TEST_RABBITMQ_PORT", "5672"))
-
-
-def rabbitmqctl(*args: str) -> str:
-    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True,
-                          timeout=60).stdout
+from broker import amqp_url_for, create_vhost, rabbitmqctl  # noqa: E402
 
 
 @pytest.fixture
 def vhost() -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
-    rabbitmqctl("add_vhost", name)
-    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    create_vhost(name)
     yield name
     rabbitmqctl("delete_vhost", name)
 
 
 @pytest.fixture
 def amqp_url(vhost: str) -> str:
-    return f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/{vhost}"
+    return amqp_url_for(vhost)

@@ -25,7 +25,7 @@ from sklearn.metrics import max_error, mean_absolute_error, mean_absolute_percen
 
 from broker import connect, drain, queue_depth
 from browser import Browser
-from conftest import BROKER_HOST, BROKER_PORT, rabbitmqctl
+from broker import amqp_url_for, create_vhost
 from mlmonitor.messages import MetricAdded
 from mlmonitor.metric_log import MetricLogWriter, MetricRow
 from mlmonitor.model_store import CARD_NAME, ModelCard
@@ -192,11 +192,7 @@ def late_vhost():
     """(amqp_url, create): a vhost that does not exist until `create()` is called; deleted afterwards."""
     name = f"test-late-{uuid.uuid4().hex[:12]}"
 
-    def create() -> None:
-        rabbitmqctl("add_vhost", name)
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-
-    yield f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/{name}", create
+    yield amqp_url_for(name), lambda: create_vhost(name)
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
 
 

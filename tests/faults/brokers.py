@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from broker import BROKER_HOST, BROKER_PORT
 from waiting import wait_until
 
 WORK_QUEUES = ("features", "y_true", "y_pred", "metric_added")
@@ -114,8 +115,8 @@ class Broker:
 
 class SharedBroker(Broker):
     def __init__(self):
-        super().__init__(int(os.environ.get("TEST_RABBITMQ_PORT", "5672")), ["rabbitmqctl"])
-        self.host = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
+        super().__init__(BROKER_PORT, ["rabbitmqctl"])
+        self.host = BROKER_HOST
 
 
 def rabbitmq_scripts() -> Path | None:

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
 import subprocess
 from pathlib import Path
 
 import pika
 
-from broker import connect, drain, queue_depth
+from broker import amqp_url_for, connect, create_vhost, drain, queue_depth, rabbitmqctl  # noqa: F401 (re-exported)
 from mlmonitor.topology import METRIC_EVENTS_EXCHANGE, PIPELINE, Topology, declare
 from run_pipeline import Pipeline
 from waiting import wait_until
 
 REASON_HEADER = "x-rejection-reason"
 CSV_HEADER = ["id", "y_true", "y_pred", "absolute_error"]
-
-
-def amqp_url_for(vhost: str) -> str:
-    """The URL the `amqp_url` fixture would give, for a vhost the fixture did not make."""
-    host = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
-    return f"amqp://guest:guest@{host}:{os.environ.get('TEST_RABBITMQ_PORT', '5672')}/{vhost}"
 
 
 def csv_rows(logs_dir: Path) -> list[dict]:
@@ -53,19 +45,6 @@ def output_of(pipeline: Pipeline, service: str) -> str:
 def wait_for_output(pipeline: Pipeline, service: str, text: str, timeout: float = 30, times: int = 1) -> None:
     wait_until(lambda: output_of(pipeline, service).count(text) >= times, timeout, interval=0.1,
                message=f"{text!r} {times} time(s) in the output of {service}")
-
-
-def rabbitmqctl(*args: str, input: str | None = None) -> str:
-    return subprocess.run(["rabbitmqctl", "-q", *args], input=input, check=True, capture_output=True, text=True,
-                          timeout=60).stdout
-
-
-def create_vhost(name: str) -> None:
-    """Creates the vhost with guest's permissions in one rabbitmqctl call, as each call takes seconds."""
-    definitions = {"vhosts": [{"name": name}],
-                   "permissions": [{"user": "guest", "vhost": name, "configure": ".*", "write": ".*", "read": ".*"}]}
-    # on stdin: the broker runs as another user and can't read pytest's private tmp_path
-    rabbitmqctl("import_definitions", "--format", "json", input=json.dumps(definitions))
 
 
 def messages_in(vhost: str, *queues: str) -> dict[str, int]:

@@ -77,7 +77,8 @@ def test_encode_leaves_out_unset_optional_fields():
     (b'{"id": "a\\u0000b", "body": 1}', "control characters"),
     (b'{"id": null, "body": 1}', "id"),
     (b'{"id": "a1", "body": null}', "body"),
-    (b'{"id": "a1", "body": "151"}', "body"),
+    (b'{"id": "a1", "body": ""}', "body"),
+    (b'{"id": "a1", "body": [151]}', "body"),
     (b'{"id": "a1", "body": true}', "body"),
     (b'{"id": "a1", "body": NaN}', "finite"),
     (b'{"id": "a1", "body": Infinity}', "finite"),
@@ -96,8 +97,11 @@ def test_rejects_bad_target_messages_with_a_one_line_reason(raw, reason_mentions
 @pytest.mark.parametrize("raw, reason_mentions", [
     (b'{"id": "a1", "body": []}', "at least 1"),
     (b'{"id": "a1", "body": [1, NaN]}', "body.1"),
-    (b'{"id": "a1", "body": [1, "2"]}', "body.1"),
-    (b'{"id": "a1", "body": 0.5}', "body"),
+    (b'{"id": "a1", "body": [1, true]}', "body.1"),
+    (b'{"id": "a1", "body": [1, [2]]}', "body.1"),
+    (b'{"id": "a1", "body": {"age": 1, "city": {"name": "Oslo"}}}', "body.city"),
+    (b'{"id": "a1", "body": {}}', "at least 1"),
+    (b'{"id": "a1", "body": 0.5}', "list or an object"),
 ])
 def test_rejects_bad_feature_vectors(raw, reason_mentions):
     with pytest.raises(InvalidMessage) as caught:
@@ -106,7 +110,7 @@ def test_rejects_bad_feature_vectors(raw, reason_mentions):
 
 
 def test_rejection_reason_stays_short_for_a_huge_message():
-    raw = json.dumps({"id": "a1", "body": ["x"] * 10_000}).encode()
+    raw = json.dumps({"id": "a1", "body": [True] * 10_000}).encode()
     with pytest.raises(InvalidMessage) as caught:
         decode(FeaturesMessage, raw)
     assert len(caught.value.reason) <= 500
@@ -121,3 +125,27 @@ def test_rejects_a_sent_at_that_is_not_a_finite_number(sent_at):
 
 def test_sent_at_may_be_null():
     assert decode(TargetMessage, b'{"id": "a1", "body": 1, "sent_at": null}').sent_at is None
+
+
+def test_a_features_body_may_be_an_object_with_numbers_strings_and_nulls():
+    message = decode(FeaturesMessage, b'{"id": "a1", "body": {"age": 51, "city": "Oslo", "income": null}}')
+    assert message.body == {"age": 51.0, "city": "Oslo", "income": None}
+
+
+def test_a_class_label_may_be_a_string_and_a_prediction_may_carry_probabilities():
+    message = decode(PredictionMessage, b'{"id": "a1", "body": "yes", "probabilities": {"no": 0.25, "yes": 0.75}}')
+    assert (message.body, message.probabilities) == ("yes", {"no": 0.25, "yes": 0.75})
+    assert decode(TargetMessage, b'{"id": "a1", "body": "no"}').body == "no"
+
+
+@pytest.mark.parametrize("probabilities, reason_mentions", [
+    ('{"no": 0.25, "yes": 0.5}', "add up to 1"),
+    ('{"no": -0.5, "yes": 1.5}', "probabilities.no"),
+    ('{"no": NaN, "yes": 1}', "probabilities.no"),
+    ('{}', "at least 1"),
+    ('[0.5, 0.5]', "probabilities"),
+])
+def test_rejects_bad_probabilities(probabilities, reason_mentions):
+    with pytest.raises(InvalidMessage) as caught:
+        decode(PredictionMessage, f'{{"id": "a1", "body": "yes", "probabilities": {probabilities}}}'.encode())
+    assert reason_mentions in caught.value.reason

@@ -3,18 +3,26 @@
 Every message is a JSON object `{"id": ..., "body": ...}` (the course convention), UTF-8 encoded.
 - `id`: a non-empty string (we send UUID4s) or a number (course producers send float timestamps).
   It is normalised to a string, so `1700000000.5` and `"1700000000.5"` name the same event.
-- Numbers must be finite JSON numbers: strings, booleans, null, NaN and infinities are rejected.
+- Numbers must be finite JSON numbers: booleans, NaN and infinities are rejected.
+- A target or a prediction is a number (regression) or a class label (classification: a string or
+  a number). A prediction may carry `probabilities`, the model's probability of each class keyed by
+  the class label as a string. A features body is a list in the model card's feature order or an
+  object {name: value}, with numbers, strings (categorical values) or null (missing); whether it
+  fits the model is checked against the card by `mlmonitor.schema`, not here.
 - Unknown fields are ignored, so producers may add their own.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, StringConstraints, Tag, ValidationError
 
 MAX_ID_LENGTH = 200
+MAX_TEXT_LENGTH = 200  # a class label or a categorical value
+MAX_CLASSES = 1000
 
 
 def _normalise_id(value: Any) -> str:
@@ -37,6 +45,35 @@ def _normalise_id(value: Any) -> str:
 
 MessageId = Annotated[str, BeforeValidator(_normalise_id)]
 FiniteNumber = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_LENGTH)]
+Label = FiniteNumber | Text  # a regression target, or a class label
+FeatureValue = FiniteNumber | Annotated[str, StringConstraints(max_length=MAX_TEXT_LENGTH)] | None
+Probability = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def _check_probabilities(probabilities: dict[str, float] | None) -> dict[str, float] | None:
+    if probabilities is not None:
+        total = math.fsum(probabilities.values())
+        if abs(total - 1.0) > PROBABILITY_SUM_TOLERANCE:
+            raise ValueError(f"probabilities must add up to 1, not {total:.6g}")
+    return probabilities
+
+
+def _body_shape(value: Any) -> str | None:
+    return "list" if isinstance(value, list) else "object" if isinstance(value, dict) else None
+
+
+# A list or an object, told apart by the input's type, so an error speaks of the shape that was sent.
+FeaturesBody = Annotated[
+    Annotated[list[FeatureValue], Field(min_length=1), Tag("list")]
+    | Annotated[dict[Text, FeatureValue], Field(min_length=1), Tag("object")],
+    Discriminator(_body_shape, custom_error_type="body_shape",
+                  custom_error_message="Input should be a list or an object"),
+]
+
+Probabilities = Annotated[dict[Text, Probability], Field(min_length=1, max_length=MAX_CLASSES),
+                          AfterValidator(_check_probabilities)]
 
 
 class Message(BaseModel):
@@ -47,37 +84,43 @@ class Message(BaseModel):
 
 
 class FeaturesMessage(Message):
-    """Queue `features`: {"id": "…", "body": [0.03, -0.04, …]} — one sample's feature vector."""
+    """Queue `features`: {"id": "…", "body": [0.03, -0.04, …]} or {"id": "…", "body": {"age": 51, "city": "Oslo"}}
+    — one sample's features, in the card's order or by name."""
 
     id: MessageId
-    body: list[FiniteNumber] = Field(min_length=1)
+    body: FeaturesBody
     sent_at: FiniteNumber | None = None  # unix time the event was produced; optional, for latency figures
 
 
 class TargetMessage(Message):
-    """Queue `y_true`: {"id": "…", "body": 151.0} — the true target of the sample with that id."""
+    """Queue `y_true`: {"id": "…", "body": 151.0} — the true target (or class label) of the sample with that id."""
 
     id: MessageId
-    body: FiniteNumber
+    body: Label
     sent_at: FiniteNumber | None = None
 
 
 class PredictionMessage(Message):
-    """Queue `y_pred`: {"id": "…", "body": 148.2, "model_version": "…"} — the model's prediction."""
+    """Queue `y_pred`: {"id": "…", "body": 148.2, "model_version": "…"} — the model's prediction; a
+    classifier's is a class label, optionally with {"probabilities": {"no": 0.2, "yes": 0.8}}."""
 
     id: MessageId
-    body: FiniteNumber
+    body: Label
+    probabilities: Probabilities | None = None
     model_version: str | None = None
     sent_at: FiniteNumber | None = None
 
 
 class MetricAdded(Message):
-    """Exchange `metric_events` → queue `metric_added`: one joined pair, written to the metric log."""
+    """Exchange `metric_events` → queue `metric_added`: one joined pair, written to the metric log.
+    For a classifier, y_true and y_pred are labels and absolute_error is 1 − p(true class)
+    (see mlmonitor.tasks); `probabilities` is the prediction's, when it had them."""
 
     id: MessageId
-    y_true: FiniteNumber
-    y_pred: FiniteNumber
+    y_true: Label
+    y_pred: Label
     absolute_error: Annotated[FiniteNumber, Field(ge=0)]
+    probabilities: Probabilities | None = None
     model_version: str | None = None
     sent_at: FiniteNumber | None = None
 
@@ -100,9 +143,18 @@ def decode(message_type: type[MessageT], body: bytes) -> MessageT:
         raise InvalidMessage(describe_validation_error(error)) from None
 
 
+# Parts of pydantic's error locations that name a branch of a union, not a place in the message.
+_BRANCH = re.compile(r"^(float|str|constrained-str|list|object|nullable\[.*|list\[.*|dict\[.*|union\[.*|"
+                     r"function-(after|before|wrap|plain)\[.*)$")
+
+
 def describe_validation_error(error: ValidationError) -> str:
-    problems = []
+    """One line: each place in the message that is wrong, e.g. `body.3: Input should be a valid
+    number or Input should be a valid string`, the alternatives of a union joined by `or`."""
+    problems: dict[str, list[str]] = {}
     for item in error.errors(include_url=False):
-        location = ".".join(str(part) for part in item["loc"]) or "message"
-        problems.append(f"{location}: {item['msg']}")
-    return "; ".join(problems)[:500]
+        parts = [str(part) for part in item["loc"] if not (isinstance(part, str) and _BRANCH.match(part))]
+        messages = problems.setdefault(".".join(parts) or "message", [])
+        if item["msg"] not in messages:
+            messages.append(item["msg"])
+    return "; ".join(f"{location}: {' or '.join(messages)}" for location, messages in problems.items())[:500]

@@ -30,22 +30,51 @@ class ModelCorrupt(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelCard:
+    """What the model is. Cards written before `task` existed read as a regression on numeric features.
+
+    - `features`: the feature schema (mlmonitor.schema.FeatureSchema.to_card): names in order, kind,
+      categories seen, whether missing values are accepted.
+    - `classes`: a classifier's class labels, as in `estimator.classes_`; `predicts_proba` whether
+      the model publishes probabilities.
+    - `holdout`: the held-out figures of the task (regression: mae, rmse, r2; classification:
+      accuracy, balanced_accuracy, macro precision/recall/f1, log_loss, brier, roc_auc where defined).
+    - `reference`: statistics of the training features, the held-out predictions and the held-out
+      errors (absolute errors; for a classifier 1 − p(true class)), for drift detection.
+    - `trusted_types`: the types beyond skops' defaults that loading the artifact needs.
+    """
+
     version: str
     trained_at: str
     estimator: str
     feature_names: list[str]
-    holdout_mae: float
-    holdout_rmse: float
-    holdout_r2: float
+    holdout_mae: float | None
+    holdout_rmse: float | None
+    holdout_r2: float | None
     train_rows: int
     holdout_rows: int
     sklearn_version: str
     artifact_sha256: str = ""
     extra: dict = field(default_factory=dict)
+    task: str = "regression"
+    target: str | None = None
+    data: str | None = None  # where the training data came from
+    features: list[dict] = field(default_factory=list)
+    classes: list | None = None
+    predicts_proba: bool = False
+    holdout: dict = field(default_factory=dict)
+    reference: dict = field(default_factory=dict)
+    trusted_types: list[str] = field(default_factory=list)
+    artifact: str = ARTIFACT_NAME  # file name, in the card's folder, of the artifact it describes
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def schema(self):
+        from .schema import FeatureSchema
+
+        return FeatureSchema.from_card(self.features, self.feature_names)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -109,6 +109,9 @@ class PredictionMessage(Message):
     probabilities: Probabilities | None = None
     model_version: str | None = None
     sent_at: FiniteNumber | None = None
+    # the inputs the prediction was made from, as a features body: how a model served elsewhere,
+    # publishing to the `predictions` exchange, lets a drift monitor see its inputs
+    features: FeaturesBody | None = None
 
 
 class MetricAdded(Message):
@@ -123,6 +126,9 @@ class MetricAdded(Message):
     probabilities: Probabilities | None = None
     model_version: str | None = None
     sent_at: FiniteNumber | None = None
+    # the inputs the prediction was made from, as a features body: how a model served elsewhere,
+    # publishing to the `predictions` exchange, lets a drift monitor see its inputs
+    features: FeaturesBody | None = None
 
 
 class InvalidMessage(ValueError):

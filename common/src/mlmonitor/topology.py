@@ -1,7 +1,9 @@
 """Names of every queue and exchange, and the declarations every service makes at connect.
 
 Work queues are durable and reached through the default exchange (routing key = queue name),
-as the course convention expects. Events go through the fanout exchange `metric_events`, so any
+as the course convention expects. Predictions go through the fanout exchange `predictions`, bound
+to `y_pred`, so a drift monitor can take a copy of each; a course producer may still publish
+straight to the `y_pred` queue. Events go through the fanout exchange `metric_events`, so any
 number of services can subscribe; plot's queue keeps the seed's name `metric_added`.
 Each work queue has a dead-letter queue `<queue>.dlq` holding rejected messages with their reason.
 """
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 FEATURES = "features"
 Y_TRUE = "y_true"
 Y_PRED = "y_pred"
+PREDICTIONS_EXCHANGE = "predictions"  # model (or a model served elsewhere) → y_pred and any other bound queue
 METRIC_EVENTS_EXCHANGE = "metric_events"
 METRIC_ADDED = "metric_added"
 DASHBOARD_EVENTS = "metric_added.dashboard"  # the dashboard's own queue on metric_events, declared by it alone
@@ -47,11 +50,11 @@ class Topology:
 
 
 PIPELINE = Topology(
-    exchanges=(METRIC_EVENTS_EXCHANGE,),
+    exchanges=(PREDICTIONS_EXCHANGE, METRIC_EVENTS_EXCHANGE),
     queues=(
         QueueSpec(FEATURES),
         QueueSpec(Y_TRUE),
-        QueueSpec(Y_PRED),
+        QueueSpec(Y_PRED, bind_to=PREDICTIONS_EXCHANGE),
         QueueSpec(METRIC_ADDED, bind_to=METRIC_EVENTS_EXCHANGE),
     ),
 )

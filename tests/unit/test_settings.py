@@ -60,3 +60,10 @@ def test_invalid_environment_variable_exits_with_a_short_error(monkeypatch, caps
         load_settings(FeaturesSettings, [], prog="features")
     assert caught.value.code not in (0, None)
     assert "rate" in capsys.readouterr().err
+
+
+def test_an_empty_environment_variable_means_not_set(monkeypatch):
+    monkeypatch.setenv("COUNT", "")
+    monkeypatch.setenv("RATE", "")
+    settings = load_settings(FeaturesSettings, [], prog="features")
+    assert settings.count is None and settings.rate == 1.0

@@ -22,6 +22,7 @@ class CommonSettings(BaseSettings):
         cli_implicit_flags=True,
         cli_exit_on_error=True,
         extra="ignore",
+        env_ignore_empty=True,  # compose passes `DATA: ${DATA:-}`: an empty variable means "not set"
     )
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")

@@ -27,7 +27,7 @@ DOCKERIGNORE_FILE = REPO_ROOT / ".dockerignore"
 BROKER = "rabbitmq"
 CONTAINER_ROOT = PurePosixPath("/app")
 # Host dirs that may be bind-mounted, each onto the same relative path under /app.
-ALLOWED_BIND_MOUNTS = {"./logs": "/app/logs", "./models": "/app/models"}
+ALLOWED_BIND_MOUNTS = {"./logs": "/app/logs", "./models": "/app/models", "./examples": "/app/examples"}
 
 
 # ---------------------------------------------------------------- helpers

@@ -1,6 +1,14 @@
-"""Runs the whole pipeline locally: trains the model, then starts every service as its own process.
+r"""Runs the whole pipeline locally: trains the model, then starts every service as its own process.
 
     .venv/bin/python scripts/run_pipeline.py [--rate 5] [--count N]
+    .venv/bin/python scripts/run_pipeline.py --data examples/houses.csv --target price --rate 50 \
+        [--estimator sklearn.ensemble.HistGradientBoostingRegressor] [--external-model]
+
+--data/--target (and --task, --estimator, --estimator-params) go to learn_model, --data/--target,
+--order and --seed to features. When the model card says classification, metric and the dashboard
+run with TASK=classification. --external-model leaves the `model` service out: a model of your own
+publishes the predictions. Retrain while it runs by running learn_model again with the same flags
+in another console; the model service swaps to the new version.
 
 Each service is started exactly as the README's per-service commands do
 (`<python> <service>/src/<service>.py`), from the repository root, with this process's
@@ -82,16 +90,63 @@ class Pipeline:
                 process.wait()
 
 
+# run_pipeline's flags that go on unchanged, as (flag, attribute of the parsed args)
+LEARN_MODEL_FLAGS = (("--data", "data"), ("--target", "target"), ("--task", "task"), ("--estimator", "estimator"),
+                     ("--estimator-params", "estimator_params"))
+FEATURES_FLAGS = (("--data", "data"), ("--target", "target"), ("--order", "order"), ("--seed", "seed"))
+TASK_AWARE_SERVICES = ("metric", "dashboard")  # told TASK=classification when the card says so
+
+
 def metrics_env(service: str) -> dict[str, str]:
     return {"METRICS_PORT": METRICS_PORTS[service]} if service in METRICS_PORTS else {}
 
 
-def main(argv: list[str] | None = None) -> int:
+def passed_on(args: argparse.Namespace, flags: tuple[tuple[str, str], ...]) -> list[str]:
+    """The given flags among `flags`, as a command line; those left out keep the service's default."""
+    given = [(flag, getattr(args, name)) for flag, name in flags if getattr(args, name) is not None]
+    return [part for flag, value in given for part in (flag, str(value))]
+
+
+def features_args(args: argparse.Namespace) -> list[str]:
+    return (["--rate", str(args.rate)] + (["--count", str(args.count)] if args.count else [])
+            + passed_on(args, FEATURES_FLAGS))
+
+
+def trained_task(env: dict[str, str]) -> str | None:
+    """The task in the card learn_model just wrote (MODELS_DIR, default models/), or None without a card."""
+    from mlmonitor.model_store import ModelCorrupt, ModelNotReady, read_card
+
+    try:
+        return read_card(ROOT / env.get("MODELS_DIR", "models")).task
+    except (ModelNotReady, ModelCorrupt) as error:
+        print(f"run_pipeline: {error}; metric works the task out per pair", flush=True)
+        return None
+
+
+def service_env(service: str, task: str | None) -> dict[str, str]:
+    task_env = {"TASK": task} if task == "classification" and service in TASK_AWARE_SERVICES else {}
+    return {**metrics_env(service), **task_env}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", default=os.environ.get("RATE", "1"), help="features: events per second (0: max)")
     parser.add_argument("--count", default=os.environ.get("COUNT"), help="features: stop after N events")
-    args = parser.parse_args(argv)
+    parser.add_argument("--data", help="learn_model and features: CSV or Parquet table (default: the diabetes data)")
+    parser.add_argument("--target", help="learn_model and features: the table's target column")
+    parser.add_argument("--task", choices=("regression", "classification"),
+                        help="learn_model: the task (default: learn_model works it out)")
+    parser.add_argument("--estimator", help="learn_model: e.g. sklearn.ensemble.HistGradientBoostingRegressor")
+    parser.add_argument("--estimator-params", help="learn_model: the estimator's parameters as JSON")
+    parser.add_argument("--order", choices=("shuffled", "in-order"), help="features: row order (default shuffled)")
+    parser.add_argument("--seed", help="features: seed of the shuffled order")
+    parser.add_argument("--external-model", action="store_true",
+                        help="don't start the model service: a model of your own publishes y_pred")
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     pipeline = Pipeline()
     stopping = False
 
@@ -103,23 +158,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     print("run_pipeline: training the model", flush=True)
-    if pipeline.run_to_end("learn_model") != 0:
+    if pipeline.run_to_end("learn_model", passed_on(args, LEARN_MODEL_FLAGS)) != 0:
         print("run_pipeline: learn_model failed; not starting the services", flush=True)
         return 1
-    services = list(CONSUMERS) + [name for name in OPTIONAL_SERVICES if script_of(name).exists()]
+    task = trained_task(pipeline.env)
+    consumers = [name for name in CONSUMERS if not (args.external_model and name == "model")]
+    services = consumers + [name for name in OPTIONAL_SERVICES if script_of(name).exists()]
     for service in services:
-        pipeline.start(service, env=metrics_env(service))
-    feature_args = ["--rate", str(args.rate)] + (["--count", str(args.count)] if args.count else [])
-    features = pipeline.start("features", feature_args, env=metrics_env("features"))
+        pipeline.start(service, env=service_env(service, task))
+    features = pipeline.start("features", features_args(args), env=metrics_env("features"))
     print(f"run_pipeline: started {', '.join(services + ['features'])}; Ctrl-C stops them all", flush=True)
-    ports = ", ".join(f"{name} :{port}" for name, port in METRICS_PORTS.items())
+    ports = ", ".join(f"{name} :{port}" for name, port in METRICS_PORTS.items() if name in services + ["features"])
     dashboard_url = f"http://localhost:{os.environ.get('DASHBOARD_PORT', '8000')}/"
     dashboard = f"; dashboard on {dashboard_url}" if "dashboard" in services else ""
     print(f"run_pipeline: Prometheus /metrics on {ports}{dashboard}", flush=True)
 
     exit_code = 0
     while not stopping:
-        dead = {name: code for name, code in pipeline.dead().items() if pipeline.processes[name] is not features}
+        # features ends by itself after --count; only its failure stops the rest
+        dead = {name: code for name, code in pipeline.dead().items()
+                if pipeline.processes[name] is not features or code != 0}
         if dead:
             print(f"run_pipeline: {dead} exited; stopping the rest", flush=True)
             exit_code = 1

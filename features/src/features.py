@@ -1,5 +1,13 @@
-"""Streams samples of the diabetes data: the feature vector to queue `features` and the true
-target to queue `y_true`, both under one UUID.
+"""Streams samples of a table: the features to queue `features` and the true target to queue
+`y_true`, both under one UUID.
+
+Without `--data`, the table is scikit-learn's diabetes data and a body is the list of its ten
+features. `--data PATH --target COLUMN` replays the user's CSV or Parquet table instead: the body is
+an object {column: value} of every other column (numbers as floats, text as strings, a missing value
+as null), the target a number or a class label (a boolean as "True"/"False"). Rows without a target
+are skipped. `--order shuffled` (the default) draws a new permutation, seeded by `--seed`, every
+pass over the table; `--order in-order` replays it row by row. Both loop over the table for as long
+as `--count` asks.
 
 `--rate R` publishes R events a second (0: as fast as the pipeline keeps up); `--count N` stops
 after N events whose two messages the broker has both confirmed, then exits 0. Events not yet
@@ -25,16 +33,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Literal, Protocol
 
 import numpy as np
 from prometheus_client import Gauge
 from pydantic import Field
-from sklearn.datasets import load_diabetes
 
 from mlmonitor.amqp import Session, run_worker
+from mlmonitor.datasets import DatasetError, load_table
 from mlmonitor.logs import EventLog
-from mlmonitor.messages import FeaturesMessage, TargetMessage
+from mlmonitor.messages import MAX_TEXT_LENGTH, FeaturesMessage, TargetMessage
 from mlmonitor.service import start_service
 from mlmonitor.settings import ServiceSettings
 from mlmonitor.topology import FEATURES, Y_PRED, Y_TRUE
@@ -53,6 +61,10 @@ class Settings(ServiceSettings):
     max_backlog: int = Field(5000, ge=0, description="Most ready messages features lets build up in features, "
                                                      "y_true or y_pred; 0 turns backpressure off.")
     seed: int | None = Field(None, description="Seed for the sample order (default: random).")
+    data: Path | None = Field(None, description="CSV or Parquet table to replay (default: the diabetes data).")
+    target: str | None = Field(None, description="With --data: the column sent to y_true; the others are the features.")
+    order: Literal["shuffled", "in-order"] = Field(
+        "shuffled", description="shuffled: a new seeded permutation every pass; in-order: the table's row order.")
     confirmed_ids_file: Path | None = Field(
         None, description="Append 'id,y_true' of each confirmed event to this file, fsynced per batch of confirms.")
 
@@ -107,17 +119,155 @@ class ConfirmedIdsFile:
             os.fsync(self._fd)
 
 
-def sample_events(seed: int | None) -> Iterator[tuple[list[float], float]]:
-    """Endless random draws of (feature vector, target) from the diabetes data."""
-    data = load_diabetes()
+Body = list[float] | dict[str, Any]
+Label = float | str
+
+
+class Table(Protocol):
+    description: str
+
+    def __len__(self) -> int: ...
+
+    def sample(self, index: int) -> tuple[Body, Label]: ...
+
+
+class DiabetesTable:
+    """scikit-learn's bundled diabetes data; a body is the list of its ten features (the course format)."""
+
+    description = "the diabetes data"
+
+    def __init__(self):
+        from sklearn.datasets import load_diabetes  # only here: sklearn costs memory a replay doesn't need
+
+        data = load_diabetes()
+        self._features, self._targets = data.data, data.target
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def sample(self, index: int) -> tuple[list[float], float]:
+        return self._features[index].tolist(), float(self._targets[index])
+
+
+class UserTable:
+    """The user's rows, compactly: the numeric columns as one float array (NaN where missing), each
+    text column as a list of shared strings. A row becomes python values only when it is sent, as
+    the object body {column: value} in the table's column order."""
+
+    def __init__(self, names: list[str], numeric: list[bool], numbers: np.ndarray, texts: list[list[str | None]],
+                 targets: list[Label], description: str):
+        self.names = names
+        self.description = description
+        self._numeric = numeric  # per column: taken from `numbers` (in turn) or from `texts` (in turn)
+        self._numbers = numbers
+        self._texts = texts
+        self._targets = targets
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def sample(self, index: int) -> tuple[dict[str, Any], Label]:
+        numbers = iter(self._numbers[index].tolist())
+        texts = (column[index] for column in self._texts)
+        body = {}
+        for name, numeric in zip(self.names, self._numeric):
+            value = next(numbers) if numeric else next(texts)
+            body[name] = None if value != value else value  # NaN != NaN: a missing number
+        return body, self._targets[index]
+
+
+def read_user_table(path: Path, target: str) -> tuple[UserTable, int]:
+    """The table at `path` without its rows whose target is missing, and how many those were.
+    Raises DatasetError with a one-line reason."""
+    frame = load_table(path, target)
+    features = frame.drop(columns=[target])
+    names = [str(name) for name in features.columns]
+    if not names:
+        raise DatasetError(f"{path} has no feature columns besides the target {target!r}")
+    for name in names:
+        if not name:
+            raise DatasetError(f"{path} has a column without a name")
+        _check_text(name, f"{path}: column name")
+    targets = target_values(frame[target], f"{path}: target {target!r}")
+    kept = [index for index, value in enumerate(targets) if value is not None]
+    if not kept:
+        raise DatasetError(f"{path}: every row's target {target!r} is missing")
+    numeric = [_is_numeric(features[name]) for name in features.columns]
+    numbers = numeric_matrix(features.loc[:, numeric], path)[kept]
+    texts = [text_values(features[name], f"{path}: column {name!r}")
+             for name, is_numeric in zip(features.columns, numeric) if not is_numeric]
+    skipped = len(targets) - len(kept)
+    if skipped:
+        texts = [[column[index] for index in kept] for column in texts]
+        targets = [targets[index] for index in kept]
+    return UserTable(names, numeric, numbers, texts, targets, f"{path} with target {target!r}"), skipped
+
+
+def numeric_matrix(frame, path: Path) -> np.ndarray:
+    """The numeric columns as one float array, NaN where missing; raises DatasetError on an infinity."""
+    numbers = frame.to_numpy(dtype="float64", na_value=np.nan)
+    rows, columns = np.nonzero(np.isinf(numbers))
+    if rows.size:
+        raise DatasetError(f"{path}: column {str(frame.columns[columns[0]])!r} is infinite in data row "
+                           f"{rows[0] + 1}, and JSON has no infinity")
+    return numbers
+
+
+def text_values(column, where: str) -> list[str | None]:
+    """A text column's values as strings (one string object per distinct value), None where missing."""
+    seen: dict[str, str] = {}
+    texts = []
+    for value, missing in zip(column.tolist(), column.isna().tolist()):
+        if missing:
+            texts.append(None)
+            continue
+        text = str(value)
+        known = seen.get(text)
+        if known is None:
+            _check_text(text, where)
+            known = seen[text] = text
+        texts.append(known)
+    return texts
+
+
+def target_values(column, where: str) -> list[Label | None]:
+    """The targets: numbers as floats, anything else (booleans included: "True"/"False") as strings;
+    None where missing, an empty string included."""
+    if not _is_numeric(column):
+        return [text or None for text in text_values(column, where)]
+    values = column.to_numpy(dtype="float64", na_value=np.nan)
+    if np.isinf(values).any():
+        raise DatasetError(f"{where} is infinite in data row {np.flatnonzero(np.isinf(values))[0] + 1}, "
+                           f"and JSON has no infinity")
+    return [None if value != value else value for value in values.tolist()]
+
+
+def _is_numeric(column) -> bool:
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    return is_numeric_dtype(column.dtype) and not is_bool_dtype(column.dtype)
+
+
+def _check_text(text: str, where: str) -> None:
+    if len(text) > MAX_TEXT_LENGTH:
+        raise DatasetError(f"{where}: {text[:20]!r}… is longer than {MAX_TEXT_LENGTH} characters")
+
+
+def row_order(rows: int, order: str, seed: int | None) -> Iterator[int]:
+    """Row indices, endlessly: the table's order, or a new seeded permutation every pass."""
     rng = np.random.default_rng(seed)
     while True:
-        for index in rng.permutation(len(data.target)):
-            yield data.data[index].tolist(), float(data.target[index])
+        yield from range(rows) if order == "in-order" else rng.permutation(rows)
+
+
+def sample_events(table: Table, order: str = "shuffled", seed: int | None = None) -> Iterator[tuple[Body, Label]]:
+    """Endless (body, target) pairs drawn from the table."""
+    for index in row_order(len(table), order, seed):
+        yield table.sample(index)
 
 
 class FeatureStreamer:
-    def __init__(self, settings: Settings, samples: Iterator[tuple[list[float], float]],
+    def __init__(self, settings: Settings, samples: Iterator[tuple[Body, Label]],
                  confirmed_ids: ConfirmedIdsFile | None = None):
         self._settings = settings
         self._confirmed_ids = confirmed_ids
@@ -228,7 +378,7 @@ class FeatureStreamer:
         self._confirmed += 1
         if self._confirmed_ids is not None and self._confirmed_ids.add(event):
             self._session.call_later(0, self._flush_confirmed_ids)  # after this batch of confirms
-        self._events.event("published event %s (y_true %.1f)", event.features.id, event.target.body)
+        self._events.event("published event %s (y_true %s)", event.features.id, _shown(event.target.body))
         count = self._settings.count
         if count is not None and self._confirmed >= count:
             log.info("all %d events published and confirmed; exiting", count)
@@ -241,12 +391,36 @@ class FeatureStreamer:
             self._confirmed_ids.flush()
 
 
+def _shown(label: Label) -> str:
+    return f"{label:.1f}" if isinstance(label, float) else repr(label)
+
+
+def open_table(settings: Settings) -> Table:
+    """The diabetes data, or the user's table; raises DatasetError with a one-line reason."""
+    if settings.data is None and settings.target is None:
+        return DiabetesTable()
+    if settings.data is None:
+        raise DatasetError("--target needs --data, the table it is a column of")
+    if settings.target is None:
+        raise DatasetError(f"--data {settings.data} needs --target, the column to send to {Y_TRUE}")
+    table, skipped = read_user_table(settings.data, settings.target)
+    if skipped:
+        log.warning("skipping %d rows of %s whose target %r is missing", skipped, settings.data, settings.target)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = start_service("features", Settings, argv)
+    try:
+        table = open_table(settings)
+    except DatasetError as error:
+        print(f"features: error: {error}", file=sys.stderr)
+        return 2
     confirmed_ids = ConfirmedIdsFile(settings.confirmed_ids_file) if settings.confirmed_ids_file else None
-    streamer = FeatureStreamer(settings, sample_events(settings.seed), confirmed_ids)
-    log.info("streaming %s events at %s to %s and %s",
-             settings.count or "endless", f"{settings.rate:g}/s" if settings.rate else "full speed", FEATURES, Y_TRUE)
+    streamer = FeatureStreamer(settings, sample_events(table, settings.order, settings.seed), confirmed_ids)
+    log.info("streaming %s events of %s (%d rows, %s) at %s to %s and %s",
+             settings.count or "endless", table.description, len(table), settings.order,
+             f"{settings.rate:g}/s" if settings.rate else "full speed", FEATURES, Y_TRUE)
     exit_code = run_worker(streamer, settings.amqp_url)
     log.info("stopped after %d confirmed events", streamer.confirmed)
     return exit_code

@@ -12,7 +12,7 @@ import pytest
 from sklearn.datasets import load_diabetes
 
 from broker import publish_raw
-from mlmonitor.model_store import ARTIFACT_NAME, CARD_NAME
+from mlmonitor.model_store import CARD_NAME, read_card
 from run_pipeline import Pipeline
 from service_harness import (amqp_url_for, assert_alive, create_vhost, output_of, queue_exists, terminate,
                              wait_for_output, wait_for_rows)
@@ -32,7 +32,7 @@ def vhost_created_later(vhost_deletions):
 def publish_model_as_learn_model_does(trained_models: Path, models_dir: Path) -> None:
     """The session's model (trained by learn_model), artifact first and card last; faster than training again."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    for name in (ARTIFACT_NAME, CARD_NAME):
+    for name in (read_card(trained_models).artifact, CARD_NAME):
         shutil.copyfile(trained_models / name, models_dir / f".{name}.tmp")
         os.replace(models_dir / f".{name}.tmp", models_dir / name)
 

@@ -11,6 +11,11 @@ drops is already in the CSV. At each connect, once the queue is declared and bou
 reads the rows appended to the CSV since its last read, which covers the events dropped from a full
 queue and those published before the queue first existed.
 
+Which figures it keeps, a regressor's or a classifier's: the setting TASK, else the model card's
+`task`, else what the events show (see quality.QualityBoard.task_for). When that changes (a card
+appears, or the first text label or probabilities arrive), the board starts again and counts the
+whole CSV under the new task.
+
 Also serves GET /api/summary (JSON) and GET /metrics (Prometheus) on the same port; see web.py.
 """
 
@@ -18,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable, Literal
 
 from prometheus_client import REGISTRY, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -33,7 +40,8 @@ from mlmonitor.model_store import CARD_NAME, ModelCorrupt, ModelNotReady, read_c
 from mlmonitor.observability import serve_metrics
 from mlmonitor.settings import ConsumerSettings, load_settings
 from mlmonitor.topology import DASHBOARD_EVENTS, METRIC_EVENTS_EXCHANGE, PIPELINE, QueueSpec, Topology
-from quality import Observation, QualityBoard
+from mlmonitor.tasks import CLASSIFICATION, REGRESSION
+from quality import Observation, QualityBoard, TaskHint
 from upstream import UpstreamMetrics
 from web import WebServer, create_app
 
@@ -62,6 +70,10 @@ class Settings(ConsumerSettings):
         "dead-letter and join counts ('' for none).")
     upstream_seconds: float = Field(5.0, gt=0, description="Seconds between two reads of those URLs.")
     push_seconds: float = Field(0.5, gt=0, description="Shortest time between two updates pushed to the page.")
+    task: Literal["auto", "regression", "classification"] = Field(
+        "auto", description="The figures to keep. auto: the model card's task, else classification once an "
+        "event shows a text label or probabilities. A classifier with numeric labels and no probabilities "
+        "needs classification here when its card is not in MODELS_DIR.")
 
     @property
     def upstream_urls(self) -> list[str]:
@@ -75,25 +87,39 @@ def topology(settings: Settings) -> Topology:
 
 
 def observation_of_row(row: MetricRow) -> Observation:
-    return Observation(row.id, row.y_true, row.y_pred)
+    return Observation(row.id, row.y_true, row.y_pred, None, row.absolute_error)
 
 
 def observation_of_event(event: MetricAdded) -> Observation:
-    return Observation(event.id, event.y_true, event.y_pred, event.model_version)
+    return Observation(event.id, event.y_true, event.y_pred, event.model_version, event.absolute_error,
+                       event.probabilities)
 
 
 class EventCounter:
-    """The AMQP worker: catches up with the CSV at each connect, then counts the queue's events."""
+    """The AMQP worker: catches up with the CSV at each connect, then counts the queue's events.
+    `hint` says what TASK or the model card say about the task, asked before each batch."""
 
-    def __init__(self, board: QualityBoard, tail: MetricLogTail, prefetch: int, clock=time.time):
+    def __init__(self, board: QualityBoard, tail: MetricLogTail, prefetch: int, clock=time.time,
+                 hint: Callable[[], TaskHint] = TaskHint):
         self._board = board
         self._tail = tail
         self._prefetch = prefetch
         self._clock = clock
+        self._hint = hint
+        self._rows_refused = 0  # rows of the CSV the current task can't score (text labels in a regression)
         self._session: Session | None = None
 
     def catch_up(self) -> int:
-        return self._board.add(observation_of_row(row) for row in self._tail.read_new())
+        rows = [observation_of_row(row) for row in self._tail.read_new()]
+        self._follow_task(rows)
+        return self._count_rows(rows)
+
+    def _count_rows(self, rows: list[Observation]) -> int:
+        refused = [reason for reason in map(self._board.refusal, rows) if reason]
+        if refused:
+            self._rows_refused += len(refused)
+            log.warning("%d rows of %s not counted, e.g. %s", len(refused), self._tail.path, refused[0])
+        return self._board.add(rows)
 
     def on_connected(self, session: Session) -> None:
         self._session = session
@@ -107,25 +133,47 @@ class EventCounter:
 
     def on_batch(self, deliveries: list[Delivery]) -> None:
         now = self._clock()
+        decoded = [(delivery, event) for delivery in deliveries
+                   if (event := decode_or_dead_letter(self._session, MetricAdded, delivery)) is not None]
+        self._follow_task([observation_of_event(event) for _, event in decoded])
         counted, observations = [], []
-        for delivery in deliveries:
-            event = decode_or_dead_letter(self._session, MetricAdded, delivery)
-            if event is None:
+        for delivery, event in decoded:
+            observation = observation_of_event(event)
+            reason = self._board.refusal(observation)
+            if reason:
+                self._session.dead_letter(delivery, reason)
                 continue
             if event.sent_at is not None:
                 EVENT_AGE.observe(max(0.0, now - event.sent_at))
-            observations.append(observation_of_event(event))
+            observations.append(observation)
             counted.append(delivery)
         self._board.add(observations, arrived_at=now)
         for delivery in counted:
             delivery.ack()
 
+    def _follow_task(self, observations: list[Observation]) -> None:
+        """Switches the board to the task these observations are to be counted under, counting
+        the whole CSV again if it had counted anything under the other one."""
+        self._board.follow(self._hint())
+        task = self._board.task_for(observations)
+        if task == self._board.task:
+            return
+        read_before = self._board.count or self._rows_refused
+        self._board.restart(task)
+        if read_before:
+            self._rows_refused = 0
+            self._tail = MetricLogTail(self._tail.path)
+            self._count_rows([observation_of_row(row) for row in self._tail.read_new()])
+            log.info("the task is now %s: counted %d rows of %s again", task, self._board.count, self._tail.path)
+
 
 class ModelCardWatcher:
-    """The card learn_model wrote, read again whenever the file changes."""
+    """The card learn_model wrote, read again whenever the file changes (by the web and the AMQP
+    threads, hence the lock)."""
 
     def __init__(self, models_dir: Path):
         self._models_dir = Path(models_dir)
+        self._lock = threading.Lock()
         self._stamp: tuple | None = ()
         self._card: dict = {}
 
@@ -135,9 +183,15 @@ class ModelCardWatcher:
             stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
         except FileNotFoundError:
             stamp = None
-        if stamp != self._stamp:
-            self._stamp, self._card = stamp, self._read()
-        return self._card
+        with self._lock:
+            if stamp != self._stamp:
+                self._stamp, self._card = stamp, self._read()
+            return self._card
+
+    def hint(self, task_setting: str = "auto") -> TaskHint:
+        card = self.current()
+        task = task_setting if task_setting in (REGRESSION, CLASSIFICATION) else card.get("task")
+        return TaskHint(task, card.get("classes"), bool(card.get("predicts_proba")))
 
     def _read(self) -> dict:
         try:
@@ -146,11 +200,14 @@ class ModelCardWatcher:
             return {"error": str(problem)}
         return {"version": card.version, "trained_at": card.trained_at, "estimator": card.estimator,
                 "holdout_mae": card.holdout_mae, "holdout_rmse": card.holdout_rmse, "holdout_r2": card.holdout_r2,
-                "holdout_rows": card.holdout_rows, "train_rows": card.train_rows}
+                "holdout_rows": card.holdout_rows, "train_rows": card.train_rows, "task": card.task,
+                "classes": card.classes, "predicts_proba": card.predicts_proba, "holdout": card.holdout}
 
 
 class QualityCollector:
-    """Prometheus gauges of the running figures, read from the board at scrape time."""
+    """Prometheus gauges of the running figures, read from the board at scrape time: the task's
+    figures per window, and per model version (at most quality.MAX_VERSIONS of them, so the label
+    set stays bounded) the events and the task's headline figures."""
 
     FIGURES = {
         "mae": "Mean absolute error of the model",
@@ -158,6 +215,14 @@ class QualityCollector:
         "r2": "Coefficient of determination (R²) of the model",
         "mape": "Mean absolute percentage error of the model, in percent, over rows with y_true != 0",
         "max_error": "Largest absolute error of the model",
+        "accuracy": "Accuracy of the classifier",
+        "balanced_accuracy": "Balanced accuracy (mean recall per class) of the classifier",
+        "precision_macro": "Macro-averaged precision of the classifier",
+        "recall_macro": "Macro-averaged recall of the classifier",
+        "f1_macro": "Macro-averaged F1 score of the classifier",
+        "log_loss": "Log loss of the classifier's probabilities",
+        "brier": "Brier score of the classifier's probabilities",
+        "roc_auc": "ROC AUC of the binary classifier's probabilities",
         "events": "Events counted",
     }
 
@@ -172,9 +237,26 @@ class QualityCollector:
                                        f"{description}, over every event (window=all) or the last N.",
                                        labels=["window"])
             for window, values in figures.items():
-                if values[key] is not None:
+                if values.get(key) is not None:
                     family.add_metric([window], values[key])
             yield family
+        yield from self._per_version(self._board.by_version())
+
+    def _per_version(self, by_version: dict[str, dict]):
+        families = {}
+        for version, windows in by_version.items():
+            for window in ("all", "last_1000"):
+                for key, value in windows[window].items():
+                    name = "events" if key == "count" else key
+                    if value is None:
+                        continue
+                    if name not in families:
+                        families[name] = GaugeMetricFamily(
+                            f"mlmonitor_quality_version_{name}",
+                            f"{self.FIGURES[name]}, per model version ('unknown': rows restored from the CSV), "
+                            "over all its events (window=all) or its last 1000.", labels=["version", "window"])
+                    families[name].add_metric([version, window], value)
+        yield from families.values()
 
 
 def page_state(board: QualityBoard, card: ModelCardWatcher, upstream: UpstreamMetrics, settings: Settings) -> dict:
@@ -189,14 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     board = QualityBoard()
     REGISTRY.register(QualityCollector(board))
     tail = MetricLogTail(settings.logs_dir / "metric_log.csv")
-    worker = EventCounter(board, tail, settings.prefetch)
+    card = ModelCardWatcher(settings.models_dir)
+    worker = EventCounter(board, tail, settings.prefetch, hint=lambda: card.hint(settings.task))
     started = time.perf_counter()
     worker.catch_up()
-    log.info("restored %d rows from %s in %.2fs", board.count, tail.path, time.perf_counter() - started)
+    log.info("restored %d rows from %s in %.2fs (%s)", board.count, tail.path, time.perf_counter() - started,
+             board.task)
 
     upstream = UpstreamMetrics(settings.upstream_urls, interval=settings.upstream_seconds)
     upstream.start()
-    card = ModelCardWatcher(settings.models_dir)
     app = create_app(lambda: page_state(board, card, upstream, settings), push_seconds=settings.push_seconds)
     server = WebServer(app, settings.dashboard_host, settings.dashboard_port)
     server.start()

@@ -1,7 +1,8 @@
 """The dashboard as a process against the real RabbitMQ, its page in a real headless Chromium.
 
 The figures on the page and in /api/summary are checked against the CSV computed with numpy and
-scikit-learn; the histogram drawn by Chart.js is read back from the page.
+scikit-learn; the histogram drawn by Chart.js is read back from the page. The classifier's run
+writes the CSV rows and publishes the MetricAdded events itself, as metric would.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from sklearn.metrics import max_error, mean_absolute_error, mean_absolute_percentage_error, r2_score
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, max_error,
+                             mean_absolute_error, mean_absolute_percentage_error, precision_score, r2_score,
+                             recall_score)
 
 from broker import connect, drain, queue_depth
 from browser import Browser
@@ -39,7 +42,15 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 CARD = ModelCard(version="0123456789ab", trained_at="2026-11-27T09:00:00+00:00", estimator="Ridge(alpha=0.1)",
                  feature_names=[f"x{i}" for i in range(10)], holdout_mae=42.8, holdout_rmse=53.9, holdout_r2=0.452,
                  train_rows=353, holdout_rows=89, sklearn_version="1.9.1")
-DECIMALS = {"mae": 2, "rmse": 2, "r2": 3, "mape": 1, "max_error": 2}
+DECIMALS = {"mae": 2, "rmse": 2, "r2": 3, "mape": 1, "max_error": 2, "accuracy": 3, "balanced_accuracy": 3,
+            "precision_macro": 3, "recall_macro": 3, "f1_macro": 3, "log_loss": 3}
+BROKEN_EVENT = b'{"id": "broken", "y_true": NaN, "y_pred": 1.0, "absolute_error": 1.0}'  # a text label is fine, NaN not
+ANIMALS = ["bird", "cat", "dog"]
+CLASSIFIER_CARD = ModelCard(
+    version="c1a551f1e4c0", trained_at="2026-11-27T09:00:00+00:00", estimator="LogisticRegression()",
+    feature_names=["x0", "x1"], holdout_mae=None, holdout_rmse=None, holdout_r2=None, train_rows=400,
+    holdout_rows=100, sklearn_version="1.9.1", task="classification", classes=ANIMALS, predicts_proba=True,
+    holdout={"accuracy": 0.714, "balanced_accuracy": 0.702, "f1_macro": 0.69, "log_loss": 0.741})
 
 
 # ---------------------------------------------------------------- helpers
@@ -131,17 +142,68 @@ def page_number(text: str) -> float:
     return float(text.replace(",", "").replace("%", "").strip())
 
 
-def assert_page_matches(driver, rows: list[dict]) -> None:
-    """Every figure of the table, per window, against the CSV; displayed rounding allowed, no more."""
+def assert_page_matches(driver, rows: list[dict], figures=None) -> None:
+    """Every figure of the table, per window, against the CSV; displayed rounding allowed, no more.
+    Only the cells shown count: the other task's table is in the page, hidden."""
+    figures = figures or expected_figures
     for window, subset in (("all", rows), ("last_1000", rows[-1000:]), ("last_100", rows[-100:])):
-        wanted = expected_figures(subset)
+        wanted = figures(subset)
         for name, value in wanted.items():
-            cells = driver.find_elements(By.CSS_SELECTOR, f'[data-figure="{window}.{name}"]')
-            assert cells, f"no cell for {window}.{name}"
+            cells = [cell for cell in driver.find_elements(By.CSS_SELECTOR, f'[data-figure="{window}.{name}"]')
+                     if cell.is_displayed()]
+            assert cells, f"no cell shown for {window}.{name}"
             for cell in cells:
                 shown = page_number(cell.text)
                 tolerance = 0 if name == "count" else 0.5 * 10 ** -DECIMALS[name] + 1e-9
                 assert abs(shown - value) <= tolerance, f"{window}.{name}: page shows {cell.text}, CSV gives {value}"
+
+
+def classifier_rows(count: int, start: int = 0, seed: int = 0) -> list[tuple[MetricRow, dict]]:
+    """A classifier's rows, each with the probabilities its event carries: the label is the likeliest
+    class, the true class drawn mostly from the probabilities."""
+    rng = np.random.default_rng(seed)
+    proba = rng.dirichlet(np.full(len(ANIMALS), 0.8), size=count)
+    mixed = 0.7 * proba + 0.1
+    true = np.minimum((np.cumsum(mixed, axis=1) < rng.random(count)[:, None]).sum(axis=1), len(ANIMALS) - 1)
+    return [(MetricRow(f"animal-{start + i}", ANIMALS[true[i]], ANIMALS[proba[i].argmax()],
+                       max(0.0, 1.0 - float(proba[i, true[i]]))), dict(zip(ANIMALS, map(float, proba[i]))))
+            for i in range(count)]
+
+
+def classifier_event(row: MetricRow, probabilities: dict, version: str) -> bytes:
+    return MetricAdded(id=row.id, y_true=row.y_true, y_pred=row.y_pred, absolute_error=row.absolute_error,
+                       probabilities=probabilities, model_version=version, sent_at=1.0).encode()
+
+
+def classification_figures(rows: list[dict]) -> dict:
+    y_true = [row["y_true"] for row in rows]
+    y_pred = [row["y_pred"] for row in rows]
+    p_true = np.clip(1.0 - np.array([float(row["absolute_error"]) for row in rows]), np.finfo(float).eps, 1)
+    return {"count": len(rows), "accuracy": accuracy_score(y_true, y_pred),
+            "balanced_accuracy": balanced_accuracy_score(y_true, y_pred),
+            "precision_macro": precision_score(y_true, y_pred, average="macro", zero_division=0),
+            "recall_macro": recall_score(y_true, y_pred, average="macro", zero_division=0),
+            "f1_macro": f1_score(y_true, y_pred, average="macro", zero_division=0),
+            "log_loss": float(-np.log(p_true).mean())}
+
+
+def csv_confusion(rows: list[dict]) -> tuple[list[str], list[list[int]]]:
+    labels = sorted({row["y_true"] for row in rows} | {row["y_pred"] for row in rows})
+    return labels, confusion_matrix([row["y_true"] for row in rows], [row["y_pred"] for row in rows],
+                                    labels=labels).tolist()
+
+
+def page_confusion(driver) -> tuple[list[str], list[list[int]]]:
+    table = driver.find_element(By.ID, "confusion")
+    labels = [cell.text for cell in table.find_elements(By.CSS_SELECTOR, "thead th")][1:]
+    counts = [[int(page_number(cell.text)) for cell in row.find_elements(By.TAG_NAME, "td")]
+              for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    return labels, counts
+
+
+def version_count(driver, version: str) -> str:
+    cells = driver.find_elements(By.CSS_SELECTOR, f'.version[data-version="{version}"] tr[data-version-figure="count"] td')
+    return cells[0].text if cells else ""
 
 
 def histogram_counts(driver) -> list[int]:
@@ -236,7 +298,7 @@ def test_page_shows_the_csv_and_updates_live_in_chromium(pipeline, amqp_url, log
             new_rows = make_rows(40, start=300, seed=1)
             append_rows(logs_dir, new_rows)
             publish_events(amqp_url, [event_body(row) for row in new_rows]
-                           + [event_body(make_rows(1)[0]), b'{"id": "broken", "y_true": "NaN"}'])
+                           + [event_body(make_rows(1)[0]), BROKEN_EVENT])
 
             WebDriverWait(driver, 30).until(lambda d: sum(histogram_counts(d)) == 340 and shown_count(d) == "340",
                                             message="the histogram and the count to take in the 40 new events")
@@ -255,7 +317,7 @@ def test_page_shows_the_csv_and_updates_live_in_chromium(pipeline, amqp_url, log
     assert queue_depth(amqp_url, METRIC_ADDED) == 42, "plot's queue must still hold every event"
     wait_until(lambda: queue_depth(amqp_url, DASHBOARD_EVENTS) == 0, message="the dashboard's queue drained")
     ((body, headers),) = drain(amqp_url, dead_letter_queue(DASHBOARD_EVENTS))
-    assert body == b'{"id": "broken", "y_true": "NaN"}' and "y_true" in headers["x-rejection-reason"]
+    assert body == BROKEN_EVENT and "y_true" in headers["x-rejection-reason"]
 
     metrics = get(f"http://127.0.0.1:{port}/metrics").decode()
     mae_line = next(line for line in metrics.splitlines() if line.startswith('mlmonitor_quality_mae{window="all"}'))
@@ -305,3 +367,52 @@ def test_rows_written_before_its_queue_existed_are_counted_at_connect(pipeline, 
     create_vhost()
     wait_for_summary(port, 40)
     assert_summary_matches(summary(port), csv_rows(logs_dir))
+
+
+def test_a_classifier_page_shows_accuracy_and_the_confusion_matrix_of_the_csv(pipeline, amqp_url, logs_dir,
+                                                                            models_dir):
+    (models_dir / CARD_NAME).write_text(json.dumps(asdict(CLASSIFIER_CARD)))
+    append_rows(logs_dir, [row for row, _ in classifier_rows(300)])
+    port = free_port()
+    pipeline.start("dashboard", ["--dashboard-port", str(port)])
+    first = wait_for_summary(port, 300)
+    assert first["task"] == "classification"
+    shown = first["confusion_matrix"]
+    assert (shown["labels"], shown["counts"]) == csv_confusion(csv_rows(logs_dir))
+
+    with Browser() as driver:
+        driver.get(f"http://127.0.0.1:{port}/")
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_element(By.ID, "connection").text == "live" and shown_count(d) == "300",
+            message="the page to be live with the 300 rows of the CSV")
+        assert not driver.find_element(By.ID, "figures").is_displayed(), "the regression table is hidden"
+        assert_page_matches(driver, csv_rows(logs_dir), classification_figures)
+        assert page_confusion(driver) == csv_confusion(csv_rows(logs_dir))
+        assert page_number(driver.find_element(By.CSS_SELECTOR, '[data-figure="holdout.accuracy"]').text) == 0.714
+        driver.find_element(By.CSS_SELECTOR, '#confusion-window button[data-window="last_100"]').click()
+        assert page_confusion(driver) == csv_confusion(csv_rows(logs_dir)[-100:])
+
+        # a new version's events, metric's way: rows to the CSV, then events to the exchange
+        live = classifier_rows(40, start=300, seed=1)
+        append_rows(logs_dir, [row for row, _ in live])
+        publish_events(amqp_url, [classifier_event(row, probabilities, "v2") for row, probabilities in live])
+        WebDriverWait(driver, 30).until(lambda d: shown_count(d) == "340" and version_count(d, "v2") == "40",
+                                        message="the page to take in the 40 events of version v2")
+        assert_page_matches(driver, csv_rows(logs_dir), classification_figures)
+        assert page_confusion(driver) == csv_confusion(csv_rows(logs_dir)[-100:])
+        assert version_count(driver, "unknown") == "300"
+        assert "1 − p(true class)" in driver.find_element(By.ID, "histogram-title").text
+
+    final = summary(port)
+    assert {version: figures["count"] for version, figures in final["by_version"].items()} == {"unknown": 300, "v2": 40}
+    assert final["brier_events"] == 40 and final["roc_auc"] is None  # three classes; the CSV keeps p(true) only
+    v2 = final["by_version"]["v2"]["all"]
+    assert v2["accuracy"] == pytest.approx(classification_figures(csv_rows(logs_dir)[300:])["accuracy"])
+    for name, value in classification_figures(csv_rows(logs_dir)).items():
+        assert final[name] == pytest.approx(value, rel=1e-9), name
+    metrics = get(f"http://127.0.0.1:{port}/metrics").decode()
+    accuracy = next(line for line in metrics.splitlines()
+                    if line.startswith('mlmonitor_quality_accuracy{window="all"}'))
+    assert float(accuracy.split()[-1]) == pytest.approx(final["accuracy"])
+    assert 'mlmonitor_quality_version_events{version="v2",window="all"} 40.0' in metrics
+    assert "Traceback" not in dashboard_log(pipeline)

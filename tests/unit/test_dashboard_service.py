@@ -87,11 +87,17 @@ def test_bad_input_is_dead_lettered_and_not_counted(board, csv_path):
     session = FakeSession()
     counter = EventCounter(board, MetricLogTail(csv_path), prefetch=10)
     counter.on_connected(session)
-    bad = [b"{not json", b'{"id": "x", "y_true": "1", "y_pred": 2, "absolute_error": 1}', b'{"id": "y"}']
+    bad = [b"{not json",
+           b'{"id": "x", "y_true": NaN, "y_pred": 2, "absolute_error": 1}',
+           b'{"id": "z", "y_true": 1, "y_pred": 2, "absolute_error": -1}',
+           b'{"id": "w", "y_true": 1, "y_pred": 2}',
+           b'{"id": "y"}']
     deliveries = [FakeDelivery(body) for body in bad] + [FakeDelivery(event("good"))]
     counter.on_batch(deliveries)
     assert [body for body, _ in session.dead_letters] == bad
-    assert all(reason for _, reason in session.dead_letters)
+    reasons = [reason for _, reason in session.dead_letters]
+    assert all(reasons)
+    assert "y_true" in reasons[1] and "absolute_error" in reasons[2] and "absolute_error" in reasons[3]
     assert all(d.acked for d in deliveries)
     assert board.count == 1
 

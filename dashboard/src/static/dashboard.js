@@ -1,27 +1,52 @@
 // Draws the state pushed on /api/events (Server-Sent Events); the browser reconnects by itself.
 "use strict";
 
+const threeDecimals = (v) => v.toFixed(3);
 const FORMATS = {
   count: (v) => v.toLocaleString("en-US"),
   mae: (v) => v.toFixed(2),
   rmse: (v) => v.toFixed(2),
-  r2: (v) => v.toFixed(3),
+  r2: threeDecimals,
   mape: (v) => v.toFixed(1) + " %",
   max_error: (v) => v.toFixed(2),
+  accuracy: threeDecimals,
+  balanced_accuracy: threeDecimals,
+  precision_macro: threeDecimals,
+  recall_macro: threeDecimals,
+  f1_macro: threeDecimals,
+  log_loss: threeDecimals,
+  brier: threeDecimals,
+  roc_auc: threeDecimals,
+};
+const NAMES = {
+  count: "count", mae: "MAE", rmse: "RMSE", r2: "R²", accuracy: "accuracy", balanced_accuracy: "balanced accuracy",
+  f1_macro: "macro F1", log_loss: "log loss",
+};
+const HEADLINE = {
+  regression: ["count", "mae", "rmse", "r2"],
+  classification: ["count", "accuracy", "balanced_accuracy", "f1_macro", "log_loss"],
 };
 
 function format(name, value) {
-  return value === null || value === undefined ? "—" : FORMATS[name](value);
+  return value === null || value === undefined || typeof value !== "number" ? "—" : FORMATS[name](value);
+}
+
+function isClassifier(state) {
+  return state.task === "classification";
 }
 
 function figuresByWindow(state) {
   const card = state.model || {};
-  return {
-    all: state,
-    last_1000: state.windows.last_1000,
-    last_100: state.windows.last_100,
-    holdout: {count: card.holdout_rows, mae: card.holdout_mae, rmse: card.holdout_rmse, r2: card.holdout_r2},
-  };
+  const holdout = isClassifier(state) ? {...(card.holdout || {}), count: card.holdout_rows}
+    : {count: card.holdout_rows, mae: card.holdout_mae, rmse: card.holdout_rmse, r2: card.holdout_r2};
+  return {all: state, last_1000: state.windows.last_1000, last_100: state.windows.last_100, holdout};
+}
+
+function element(tag, text, className) {
+  const made = document.createElement(tag);
+  made.textContent = text;
+  if (className) made.className = className;
+  return made;
 }
 
 const histogram = new Chart(document.getElementById("histogram"), {
@@ -55,6 +80,91 @@ const overTime = new Chart(document.getElementById("over-time"), {
   },
 });
 
+function drawTask(state) {
+  const task = isClassifier(state) ? "classification" : "regression";
+  for (const part of document.querySelectorAll("[data-task]")) {
+    part.hidden = part.dataset.task !== task;
+  }
+  const errorName = isClassifier(state) ? "1 − p(true class)" : "absolute error";
+  document.getElementById("histogram-title").textContent = isClassifier(state)
+    ? "Errors 1 − p(true class)" : "Absolute errors |y_true − y_pred|";
+  histogram.options.scales.x.title.text = errorName;
+  overTime.options.scales.y.title.text = errorName;
+  overTime.data.datasets[0].label = errorName;
+}
+
+function drawClassesNote(state) {
+  const classes = state.classes;
+  const probabilities = classes && classes.with_probabilities ? "with" : "without";
+  document.getElementById("classes-note").textContent = classes
+    ? `${classes.labels.length}${classes.other ? "+" : ""} classes, ${probabilities} probabilities` : "";
+  const note = document.getElementById("brier-note");
+  note.hidden = !(classes && classes.with_probabilities && !classes.binary && state.brier_events < state.count);
+  note.textContent = `Brier score over the ${(state.brier_events ?? 0).toLocaleString("en-US")} events that carried ` +
+    "every class's probability: rows read from the CSV keep only p(true class).";
+}
+
+let confusionWindow = "all";
+let lastState = null;
+
+function drawConfusion(state) {
+  const figures = figuresByWindow(state)[confusionWindow] || {};
+  const matrix = figures.confusion_matrix || {labels: [], counts: []};
+  const table = document.getElementById("confusion");
+  const head = document.createElement("tr");
+  head.append(element("th", "true ↓  predicted →"), ...matrix.labels.map((label) => element("th", label)));
+  table.tHead.replaceChildren(head);
+  const rows = matrix.counts.map((counts, i) => {
+    const row = document.createElement("tr");
+    row.append(element("th", matrix.labels[i]));
+    const total = counts.reduce((sum, count) => sum + count, 0);
+    counts.forEach((count, j) => {
+      const cell = element("td", count.toLocaleString("en-US"));
+      const shade = (total ? 0.5 * count / total : 0).toFixed(3);  // by the share of the true class's events
+      cell.style.backgroundColor = `rgba(${i === j ? "29, 138, 78" : "194, 65, 45"}, ${shade})`;
+      row.append(cell);
+    });
+    return row;
+  });
+  if (!rows.length) {
+    const empty = document.createElement("tr");
+    empty.append(element("td", "no event yet"));
+    rows.push(empty);
+  }
+  table.tBodies[0].replaceChildren(...rows);
+  for (const button of document.querySelectorAll("#confusion-window button")) {
+    button.classList.toggle("selected", button.dataset.window === confusionWindow);
+  }
+}
+
+function drawVersions(state) {
+  const card = state.model || {};
+  const names = HEADLINE[isClassifier(state) ? "classification" : "regression"];
+  const blocks = Object.entries(state.by_version || {}).map(([version, figures]) => {
+    const block = element("div", "", "version");
+    block.dataset.version = version;
+    const title = element("h3", version, "mono");
+    if (version === card.version) title.append(element("span", " · on disk", "subtle"));
+    if (version === state.events_model_version) title.append(element("span", " · latest events", "subtle"));
+    const table = element("table", "", "small");
+    const head = document.createElement("tr");
+    head.append(element("th", ""), element("th", "all"), element("th", "last 1,000"));
+    table.createTHead().append(head);
+    const body = table.createTBody();
+    for (const name of names) {
+      const row = document.createElement("tr");
+      row.dataset.versionFigure = name;
+      row.append(element("th", NAMES[name]), element("td", format(name, figures.all[name])),
+                 element("td", format(name, figures.last_1000[name])));
+      body.append(row);
+    }
+    block.append(title, table);
+    return block;
+  });
+  document.getElementById("versions").replaceChildren(
+    ...(blocks.length ? blocks : [element("p", "no event yet", "subtle")]));
+}
+
 function drawFigures(state) {
   const windows = figuresByWindow(state);
   for (const cell of document.querySelectorAll("[data-figure]")) {
@@ -65,7 +175,7 @@ function drawFigures(state) {
 
 function drawHistogram(state) {
   const {bin_width: width, counts} = state.histogram;
-  const decimals = width < 1 ? 2 : 0;
+  const decimals = width < 0.1 ? 3 : width < 1 ? 2 : 0;
   histogram.data.labels = counts.map((_, i) => `${(i * width).toFixed(decimals)}–${((i + 1) * width).toFixed(decimals)}`);
   histogram.data.datasets[0].data = counts;
   histogram.update("none");
@@ -76,7 +186,7 @@ function drawOverTime(state) {
   const {seq, absolute_error: errors, rolling_mae: mae, rolling_window: window} = state.recent;
   overTime.data.datasets[0].data = seq.map((x, i) => ({x, y: errors[i]}));
   overTime.data.datasets[1].data = seq.map((x, i) => ({x, y: mae[i]}));
-  overTime.data.datasets[1].label = `MAE, last ${window}`;
+  overTime.data.datasets[1].label = `${isClassifier(state) ? "mean error" : "MAE"}, last ${window}`;
   overTime.options.scales.x.min = seq.length ? seq[0] : undefined;
   overTime.options.scales.x.max = seq.length ? seq[seq.length - 1] : undefined;
   overTime.update("none");
@@ -137,7 +247,12 @@ function drawLastEvent() {
 }
 
 function draw(state) {
+  lastState = state;
+  drawTask(state);
   drawFigures(state);
+  drawClassesNote(state);
+  drawConfusion(state);
+  drawVersions(state);
   drawHistogram(state);
   drawOverTime(state);
   drawModel(state);
@@ -152,6 +267,13 @@ function connect() {
   source.onopen = () => { connection.className = "connection live"; connection.textContent = "live"; };
   source.onerror = () => { connection.className = "connection lost"; connection.textContent = "reconnecting…"; };
   source.onmessage = (message) => draw(JSON.parse(message.data));
+}
+
+for (const button of document.querySelectorAll("#confusion-window button")) {
+  button.addEventListener("click", () => {
+    confusionWindow = button.dataset.window;
+    if (lastState) drawConfusion(lastState);
+  });
 }
 
 window.dashboard = {histogram, overTime};

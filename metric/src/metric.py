@@ -10,19 +10,21 @@ So is a half of any row in the log that a predecessor wrote, except its last row
 may not have published: one of those that is still alone a tick later (the predecessor was killed
 after acking one half of the pair but not the other) is acked once the row's event is published
 again.
-A half whose partner does not come (see JoinBuffer) is dead-lettered with that reason.
+A half whose partner does not come (see JoinBuffer) is dead-lettered with that reason, and so are
+both halves of a pair that can't be scored (see `score`), with the reason why.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from prometheus_client import Counter, Gauge
 from pydantic import Field
@@ -33,6 +35,8 @@ from mlmonitor.messages import MetricAdded, PredictionMessage, TargetMessage
 from mlmonitor.metric_log import MetricLogWriter, MetricRow, read_last_rows
 from mlmonitor.service import start_service
 from mlmonitor.settings import ConsumerSettings
+from mlmonitor.tasks import (CLASSIFICATION, REGRESSION, classification_error, is_classification, label_key,
+                             regression_error)
 from mlmonitor.topology import METRIC_ADDED, METRIC_EVENTS_EXCHANGE, Y_PRED, Y_TRUE
 
 log = logging.getLogger("metric")
@@ -42,6 +46,7 @@ EXPIRED_HALVES = Counter("mlmonitor_join_expired_halves_total", "Halves dead-let
 ROWS_WRITTEN = Counter("mlmonitor_metric_rows_written_total", "Rows appended to the metric log.")
 
 MESSAGE_TYPES = {Y_TRUE: TargetMessage, Y_PRED: PredictionMessage}
+AUTO = "auto"
 
 
 class Settings(ConsumerSettings):
@@ -51,6 +56,10 @@ class Settings(ConsumerSettings):
     join_max_wait_seconds: float = Field(600.0, gt=0, description="Longest a half waits, traffic or not.")
     prefetch: int = Field(1000, ge=1, le=65535, description="Unacked messages per queue; bounds the join buffer.")
     fsync: bool = Field(True, description="fsync each batch of rows before acking (turn off only for experiments).")
+    task: Literal["auto", "regression", "classification"] = Field(
+        AUTO, description="How a pair is scored: regression |y_true − y_pred|; classification 1 − p(true class), "
+                          "or 0/1 without probabilities; auto: a classification when the prediction is a text "
+                          "label or has probabilities, else a regression.")
 
 
 Ack = TypeVar("Ack")
@@ -74,13 +83,56 @@ class Pair(Generic[Ack]):
     def id(self) -> str:
         return self.y_true.id
 
-    def row(self) -> MetricRow:
-        return MetricRow.from_pair(self.id, self.y_true.body, self.y_pred.body)
+
+@dataclass
+class ScoredPair(Generic[Ack]):
+    """A pair and its row: what the log gets and the event announces."""
+
+    pair: Pair[Ack]
+    row: MetricRow
+
+    @property
+    def id(self) -> str:
+        return self.row.id
+
+    @property
+    def deliveries(self) -> list[Ack]:
+        return self.pair.deliveries
 
     def event(self) -> MetricAdded:
-        row = self.row()
-        return MetricAdded(id=row.id, y_true=row.y_true, y_pred=row.y_pred, absolute_error=row.absolute_error,
-                           model_version=self.y_pred.model_version, sent_at=self.y_true.sent_at)
+        y_pred = self.pair.y_pred
+        return MetricAdded(id=self.row.id, y_true=self.pair.y_true.body, y_pred=y_pred.body,
+                           absolute_error=self.row.absolute_error, probabilities=y_pred.probabilities,
+                           model_version=y_pred.model_version, sent_at=self.pair.y_true.sent_at)
+
+
+# a newline, carriage return or NUL in a label would break the log's one row per line (and csv's reader)
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def score(y_true: TargetMessage, y_pred: PredictionMessage, task: str) -> MetricRow | str:
+    """The pair's row in the log, or the one-line reason it can't be scored as `task`.
+
+    auto makes a pair a classification when its prediction says so (a text label or probabilities,
+    see mlmonitor.tasks.is_classification). A classifier's row holds the labels' label_key and
+    1 − p(true class), or 0/1 without probabilities; a regressor's the numbers and |y_true − y_pred|.
+    """
+    scored_as = task
+    if task == AUTO:
+        scored_as = CLASSIFICATION if is_classification(y_pred.body, y_pred.probabilities) else REGRESSION
+    labels = (("y_true", y_true.body), ("y_pred", y_pred.body))
+    if scored_as == CLASSIFICATION:
+        for name, label in labels:
+            if isinstance(label, str) and _CONTROL_CHARACTERS.search(label):
+                return f"{name}: a class label must not contain control characters, got {label!r}"
+        return MetricRow(y_true.id, label_key(y_true.body), label_key(y_pred.body),
+                         classification_error(y_true.body, y_pred.body, y_pred.probabilities))
+    for name, label in labels:
+        if isinstance(label, str):
+            why = "TASK=regression" if task == REGRESSION else "TASK=auto, and y_pred is a number without probabilities"
+            return (f"{name}: can't score the text {label!r} as a regression ({why}); for numeric class labels "
+                    f"without probabilities set TASK=classification on metric")
+    return MetricRow(y_true.id, y_true.body, y_pred.body, regression_error(y_true.body, y_pred.body))
 
 
 @dataclass
@@ -89,7 +141,7 @@ class Unsynced:
 
     start: int
     end: int
-    pairs: list[Pair]
+    pairs: list[ScoredPair]
     ids: list[str]  # the rows it wrote (pairs already in the log write none)
 
 
@@ -181,7 +233,7 @@ class MetricJoiner:
         self._log = metric_log
         self._clock = clock
         self._buffer: JoinBuffer[Delivery] = JoinBuffer(settings.join_ttl_seconds, settings.join_max_wait_seconds)
-        self._unwritten: list[Pair[Delivery]] = []
+        self._unwritten: list[ScoredPair[Delivery]] = []
         self._unsynced: deque[Unsynced] = deque()  # written, waiting for an fsync to cover them
         self._sync_in_flight = False
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
@@ -223,8 +275,14 @@ class MetricJoiner:
             if message.id in self._rows_before_start:
                 self._halves_of_old_rows[0].add(message.id)
             pair = self._buffer.add(delivery.queue, message, delivery, now)
-            if pair is not None:
-                pairs.append(pair)
+            if pair is None:
+                continue
+            row = score(pair.y_true, pair.y_pred, self._settings.task)
+            if isinstance(row, str):
+                for pair_delivery in pair.deliveries:  # both halves, and any duplicate of either
+                    self._session.dead_letter(pair_delivery, row)
+            else:
+                pairs.append(ScoredPair(pair, row))
         JOIN_BUFFER_HALVES.set(len(self._buffer))
         if pairs:
             self._write_and_publish(pairs)
@@ -235,14 +293,14 @@ class MetricJoiner:
         lack their event: the predecessor's unacked pairs were at most its prefetch)."""
         return id in self._log.written_ids and id not in self._unannounced and id not in self._rows_before_start
 
-    def _write_and_publish(self, pairs: list[Pair[Delivery]], retrying: bool = False) -> None:
+    def _write_and_publish(self, pairs: list[ScoredPair[Delivery]], retrying: bool = False) -> None:
         self._unannounced.update(pair.id for pair in pairs)
         if self._unwritten and not retrying:
             self._unwritten.extend(pairs)  # the log is failing: they wait for the next retry
             return
         start = self._log.size
         try:
-            written = self._log.append((pair.row() for pair in pairs), durable=False)
+            written = self._log.append((pair.row for pair in pairs), durable=False)
         except OSError as error:
             log.error("can't write %s: %s; holding %d rows unacked and retrying every second",
                       self._log.path, error, len(pairs))
@@ -250,8 +308,8 @@ class MetricJoiner:
             return
         ROWS_WRITTEN.inc(len(written))
         for row in written:
-            self._rows.event("wrote row %s: y_true %.1f, y_pred %.1f, absolute error %.2f",
-                             row.id, row.y_true, row.y_pred, row.absolute_error)
+            self._rows.event("wrote row %s: y_true %s, y_pred %s, absolute error %.2f",
+                             row.id, _shown(row.y_true), _shown(row.y_pred), row.absolute_error)
         self._unsynced.append(Unsynced(start, self._log.size, pairs, [row.id for row in written]))
         self._sync()
 
@@ -301,7 +359,7 @@ class MetricJoiner:
                 self._session.publish(METRIC_EVENTS_EXCHANGE, METRIC_ADDED, event.encode(),
                                       on_confirmed=lambda deliveries=deliveries: _ack_all(deliveries))
 
-    def _announced_pair(self, pair: Pair[Delivery]) -> None:
+    def _announced_pair(self, pair: ScoredPair[Delivery]) -> None:
         self._unannounced.discard(pair.id)
         self._rows_before_start.pop(pair.id, None)
         _ack_all(pair.deliveries + self._buffer.remove(pair.id))  # with duplicates that came meanwhile
@@ -324,6 +382,10 @@ class MetricJoiner:
             for delivery in half.deliveries:
                 self._session.dead_letter(delivery, reason)
         JOIN_BUFFER_HALVES.set(len(self._buffer))
+
+
+def _shown(value: float | str) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else repr(value)
 
 
 def _ack_all(deliveries: list[Delivery]) -> None:

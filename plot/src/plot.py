@@ -1,5 +1,8 @@
 """Keeps `logs/error_distribution.png`, the histogram of absolute errors, current.
 
+The errors are metric's: |y_true − y_pred| for a regressor, 1 − p(true class) (or 0/1) for a
+classifier, so the same drawing serves both.
+
 Beside it, `logs/error_distribution.json` holds the same histogram as numbers.
 
 At start it restores its data from `logs/metric_log.csv`; then each `metric_added` event adds one
@@ -59,6 +62,10 @@ class Settings(ConsumerSettings):
     prefetch: int = Field(5000, ge=1, le=65535, description="Unacked events; must cover one redraw interval.")
 
 
+TITLE = "Distribution of absolute errors"
+ERROR_LABEL = "absolute error (|y_true − y_pred|, or 1 − p(true class) for a classifier)"
+
+
 class HistogramFigure:
     """The PNG's figure, built once and redrawn by blitting.
 
@@ -78,8 +85,8 @@ class HistogramFigure:
         self.text = self.axes.text(0.98, 0.86, "", transform=self.axes.transAxes, ha="right", va="top",
                                    multialignment="left", animated=True,
                                    bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
-        self.axes.set_title("Distribution of absolute errors |y_true − y_pred|")
-        self.axes.set_xlabel("absolute error")
+        self.axes.set_title(TITLE)
+        self.axes.set_xlabel(ERROR_LABEL, fontsize="small")
         self.axes.set_ylabel("events")
         self.axes.grid(alpha=0.3)
         self.axes.legend(loc="upper right")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import matplotlib.image
 import numpy as np
 import pytest
@@ -151,6 +153,26 @@ def test_redrawing_one_figure_shows_the_new_counts_and_matches_a_fresh_drawing(t
     assert np.abs(blitted - first).sum() > 0
     changed = np.abs(blitted - fresh).max(axis=2) > 0.05
     assert changed.mean() < 0.005, "a redrawn figure differs from a fresh one beyond the clock in its text box"
+
+
+def test_the_figure_names_both_kinds_of_error():
+    from plot import HistogramFigure
+
+    axes = HistogramFigure().axes
+    assert "|y_true − y_pred|" not in axes.get_title()
+    assert axes.get_xlabel() == "absolute error (|y_true − y_pred|, or 1 − p(true class) for a classifier)"
+
+
+def test_a_classifier_s_log_restores_and_draws_its_errors_in_0_to_1(tmp_path):
+    csv_path = tmp_path / "metric_log.csv"
+    csv_path.write_text(HEADER_LINE + "a,yes,yes,0.25\nb,no,yes,0.75\nc,1,0,1.0\n\"d,1\",\"no, thanks\",yes,0.0\n")
+    plotter = HistogramPlotter(load_settings(Settings, ["--logs-dir", str(tmp_path)]))
+    plotter.restore(csv_path)
+    assert plotter.counted_ids == {"a", "b", "c", "d,1"}
+    assert (plotter.histogram.count, plotter.histogram.total, plotter.histogram.maximum) == (4, 2.0, 1.0)
+    assert matplotlib.image.imread(plotter.png_path).shape[:2] == (500, 800)
+    summary = json.loads(plotter.png_path.with_suffix(".json").read_text())
+    assert (summary["count"], summary["max"]) == (4, 1.0)
 
 
 class FakeTimerSession:

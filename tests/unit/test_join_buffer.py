@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from metric import JoinBuffer, Pair, TrafficClock
+from metric import JoinBuffer, Pair, ScoredPair, TrafficClock, score
 from mlmonitor.messages import MetricAdded, PredictionMessage, TargetMessage
 from mlmonitor.metric_log import MetricRow
 
@@ -127,16 +127,17 @@ def test_traffic_clock_caps_each_gap():
     assert clock.seconds == pytest.approx(2.25)
 
 
-def test_pair_row_and_event_carry_the_absolute_error():
+def test_a_scored_pair_s_row_and_event_carry_the_absolute_error():
     pair = Pair(target("a", 151.0, sent_at=1700000000.5), prediction("a", 160.25), ["d1", "d2"])
-    assert pair.id == "a"
-    assert pair.row() == MetricRow("a", 151.0, 160.25, 9.25)
-    assert pair.event() == MetricAdded(id="a", y_true=151.0, y_pred=160.25, absolute_error=9.25,
-                                       model_version="v1", sent_at=1700000000.5)
+    scored = ScoredPair(pair, score(pair.y_true, pair.y_pred, "auto"))
+    assert pair.id == scored.id == "a"
+    assert scored.row == MetricRow("a", 151.0, 160.25, 9.25)
+    assert scored.event() == MetricAdded(id="a", y_true=151.0, y_pred=160.25, absolute_error=9.25,
+                                         model_version="v1", sent_at=1700000000.5)
 
 
-def test_pair_absolute_error_is_never_negative():
-    assert Pair(target("a", 100.0), prediction("a", 90.0), []).row().absolute_error == 10.0
+def test_a_pair_s_absolute_error_is_never_negative():
+    assert score(target("a", 100.0), prediction("a", 90.0), "auto").absolute_error == 10.0
 
 
 def test_remove_takes_out_every_waiting_half_of_an_id():

@@ -3,6 +3,7 @@ their events are published only once an fsync covers them; a failed fsync takes 
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 
@@ -152,3 +153,25 @@ def test_halves_redelivered_after_a_reconnect_get_their_event_before_their_ack(j
     second.confirms[0]()
     assert [d.acked for d in redelivered] == [1, 1]
     assert joiner._log.path.read_text().count("\na,") == 1
+
+
+def test_after_a_restart_the_event_published_again_for_a_predecessor_s_row_carries_its_labels(tmp_path):
+    (tmp_path / "metric_log.csv").write_text(HEADER_LINE + 'r0,150.0,140.5,9.5\nr1,yes,"no, thanks",0.75\nr2,1,0,1.0\n')
+    writer = MetricLogWriter(tmp_path / "metric_log.csv")
+    joiner = MetricJoiner(load_settings(Settings, ["--logs-dir", str(tmp_path)]), writer)
+    joiner._session = session = FakeSession()
+    try:
+        lone_halves = [FakeDelivery("y_pred", PredictionMessage(id=id, body="no, thanks").encode())
+                       for id in ("r1", "r2")]
+        joiner.on_batch(lone_halves)
+        joiner._expire_halves()
+        joiner._expire_halves()  # still alone a whole tick later: its partner was acked before the restart
+        events = sorted((json.loads(body) for body in session.published), key=lambda event: event["id"])
+        assert events == [{"id": "r1", "y_true": "yes", "y_pred": "no, thanks", "absolute_error": 0.75},
+                          {"id": "r2", "y_true": 1.0, "y_pred": 0.0, "absolute_error": 1.0}]
+        for confirm in session.confirms:
+            confirm()
+        assert [delivery.acked for delivery in lone_halves] == [1, 1]
+    finally:
+        joiner.close()
+        writer.close()

@@ -102,3 +102,11 @@ def test_a_foreign_header_is_refused(path):
     path.write_text("when,what\n1,2\n")
     with pytest.raises(MetricLogError):
         ids(MetricLogTail(path))
+
+
+def test_a_classifier_s_labels_are_read_back_as_labels(path, writer):
+    writer.append([MetricRow("x", "yes", "no, thanks", 0.75), MetricRow("y", "1", "0", 1.0)])
+    tail = MetricLogTail(path)
+    assert list(tail.read_new()) == [MetricRow("x", "yes", "no, thanks", 0.75), MetricRow("y", 1.0, 0.0, 1.0)]
+    writer.append([MetricRow("z", 'say "hi"', "yes", 0.5)])
+    assert list(tail.read_new()) == [MetricRow("z", 'say "hi"', "yes", 0.5)]

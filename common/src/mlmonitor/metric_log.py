@@ -1,5 +1,10 @@
 """`logs/metric_log.csv`: one row per joined id, header `id,y_true,y_pred,absolute_error`.
 
+A regressor's row holds numbers (`repr` of floats); a classifier's holds the labels as
+`mlmonitor.tasks.label_key` strings and 1 − p(true class) as its error. Reading gives a field back
+as a float where it is a number, else as the label text, so a label's `label_key` survives the
+round trip ("yes" stays "yes"; "1" reads as 1.0, whose key is "1"; see _value_of for the limits).
+
 Only metric writes it, appending and never truncating; plot and the dashboard read it to restore
 their state. A row reaches the disk (fsync) before the messages behind it are acked, and each batch
 of rows is one write(2), so a killed writer leaves at most an unfinished last line, which the next
@@ -31,8 +36,8 @@ log = logging.getLogger("mlmonitor.metric_log")
 @dataclass(frozen=True)
 class MetricRow:
     id: str
-    y_true: float
-    y_pred: float
+    y_true: float | str  # a class label is a str
+    y_pred: float | str
     absolute_error: float
 
     @classmethod
@@ -48,8 +53,28 @@ def format_rows(rows: Iterable[MetricRow]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     for row in rows:
-        writer.writerow((row.id, repr(row.y_true), repr(row.y_pred), repr(row.absolute_error)))
+        writer.writerow((row.id, _text_of(row.y_true), _text_of(row.y_pred), repr(row.absolute_error)))
     return buffer.getvalue()
+
+
+def _text_of(value: float | str) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def _value_of(text: str) -> float | str:
+    """The field as a float where it is a number, else the label itself. Without '.' or 'e' a field
+    is a number only as label_key writes one ("1", "-3"), so labels such as "01", "+1" or "1_000"
+    keep their text. A decimal-looking label ("2.0", "1.50") reads as its number: the log can't tell
+    it from a regressor's value, and checking each float's repr would slow full reads by a third."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text  # "nan", "inf": metric writes no such number, so they are labels
+    if "." in text or "e" in text:
+        return number
+    return number if text == str(int(number)) else text
 
 
 def read_rows(path: Path) -> Iterator[MetricRow]:
@@ -70,10 +95,11 @@ def read_ids_and_errors(path: Path, errors: bool = True) -> tuple[IdSet, np.ndar
     """The distinct ids of the log's complete rows and, if asked, the absolute error of each id's
     first row: what metric and plot restore at start, in about a tenth of the time of read_rows.
 
-    Blocks of rows as this module writes them (`<canonical UUID>,<float>,<float>,<float>`) are
-    parsed with numpy; any other block (quoted or non-UUID ids, a malformed line) goes through
-    read_rows' parser, with the same warnings. Unlike read_rows, the fast path does not parse
-    y_true and y_pred: it checks that they are made of number characters.
+    Blocks of rows as this module writes them (`<canonical UUID>,<field>,<field>,<float>`, where
+    y_true and y_pred are numbers or labels without quotes) are parsed with numpy; any other block
+    (quoted fields, non-UUID ids, a malformed line) goes through read_rows' parser, with the same
+    warnings. The fast path only needs the ids and the errors: it checks that y_true and y_pred
+    are there, as read_rows does, but does not parse them.
     """
     highs, lows, error_blocks, others = [], [], [], {}
     try:
@@ -116,16 +142,18 @@ def read_ids_and_errors(path: Path, errors: bool = True) -> tuple[IdSet, np.ndar
 
 
 _BLOCK_BYTES = 4 << 20
-_FAST_PATH_BYTES = b"0123456789abcdef-.,e+\n"  # a block with any other byte goes the slow way
+# bytes the csv module gives a meaning to beyond ',' and '\n' (and NUL, which it refuses): a block with
+# any of them goes the slow way, so the fast path's fields are exactly csv's
+_SLOW_PATH_BYTES = (b'"', b"\r", b"\0")
 _HEX_VALUE = np.full(256, 255, dtype=np.uint8)
 _HEX_VALUE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
 _DASHES = (8, 13, 18, 23)
 
 
 def _parse_uuid_block(block: bytes, with_errors: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(high, low, errors) of a block of complete lines `<canonical UUID>,<num>,<num>,<num>`; None if
-    any line differs from that shape."""
-    if block.translate(None, _FAST_PATH_BYTES):
+    """(high, low, errors) of a block of complete lines `<canonical UUID>,<field>,<field>,<num>`; None
+    if any line differs from that shape."""
+    if any(special in block for special in _SLOW_PATH_BYTES):
         return None
     data = np.frombuffer(block, dtype=np.uint8)
     line_ends = np.flatnonzero(data == ord("\n"))
@@ -213,7 +241,9 @@ def _check_header(path: Path, header: str) -> None:
 
 def _row_of(fields: list[str]) -> MetricRow | None:
     try:
-        return MetricRow(fields[0], float(fields[1]), float(fields[2]), float(fields[3]))
+        if not (fields[1] and fields[2]):
+            return None
+        return MetricRow(fields[0], _value_of(fields[1]), _value_of(fields[2]), float(fields[3]))
     except (IndexError, ValueError):
         return None
 
@@ -229,17 +259,26 @@ def _parse(path: Path, lines: Iterable[str], first_line_number: int) -> Iterator
 
 
 def read_last_rows(path: Path, count: int, bytes_per_row: int = 160) -> dict[str, MetricRow]:
-    """The last `count` or so complete rows of the log, by id (fewer if ids are long), read from its
-    end only; lines that are not rows are skipped without a warning."""
+    """The rows among the log's last `count` complete lines, by id, read from its end only: back
+    `bytes_per_row` per line at first, further back while that held fewer lines (long ids or labels).
+    Lines that are not rows are skipped without a warning."""
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
         return {}
     with handle:
-        start = max(0, handle.seek(0, 2) - count * bytes_per_row)
-        handle.seek(start)
-        lines = handle.read().decode("utf-8", errors="replace").split("\n")
-    rows = (_row_of(fields) for fields in csv.reader(lines[1:-1]))  # the first may be cut, the last unfinished
+        size = handle.seek(0, 2)
+        window = max(1, count) * bytes_per_row
+        while True:
+            start = max(0, size - window)
+            handle.seek(start)
+            lines = handle.read(size - start).split(b"\n")
+            if start == 0 or len(lines) - 2 >= count:
+                break
+            window *= 2
+    # the first line may be cut (or is the header), the last is unfinished or empty
+    complete = [line.decode("utf-8", errors="replace") for line in lines[1:-1][-count:]] if count > 0 else []
+    rows = (_row_of(fields) for fields in csv.reader(complete))
     return {row.id: row for row in rows if row is not None}
 
 

@@ -244,3 +244,16 @@ def test_a_failed_redraw_is_tried_again_after_redraw_seconds(plotter):
     assert delivery.acked == 0 and len(session.timers) == 1
     session.fire()
     assert delivery.acked == 1 and plotter.rendered == [1]
+
+
+def test_a_classifiers_errors_spread_over_the_bins_and_a_regressors_end_as_with_bins_of_5():
+    rng = np.random.default_rng(5)
+    classifier = ErrorHistogram()
+    classifier.add_many(rng.uniform(0, 1, 1000))
+    assert np.count_nonzero(classifier.counts) >= 20 and classifier.width < 0.05
+    regression_errors = rng.uniform(0, 160, 1000)
+    adaptive, coarse = ErrorHistogram(), ErrorHistogram(initial_width=5.0)
+    for error in regression_errors:
+        adaptive.add(float(error))
+        coarse.add(float(error))
+    assert adaptive.width == coarse.width and adaptive.counts.tolist() == coarse.counts.tolist()

@@ -13,9 +13,11 @@ class ErrorHistogram:
 
     When an error falls past the last bin, the bin width doubles and neighbouring bins merge,
     which keeps the counts exact: adding an error costs O(1) however long the history is.
+    The first width, 5/2⁸, suits a classifier's errors in [0, 1] as well as a regressor's: once
+    the errors reach 100 the bins are 5 wide, exactly as with a first width of 5.
     """
 
-    def __init__(self, bins: int = 40, initial_width: float = 5.0):
+    def __init__(self, bins: int = 40, initial_width: float = 5.0 / 2**8):
         if bins % 2:
             raise ValueError("bins must be even, so that neighbours can merge")
         self.counts = np.zeros(bins, dtype=np.int64)

@@ -149,3 +149,15 @@ def test_rejects_bad_probabilities(probabilities, reason_mentions):
     with pytest.raises(InvalidMessage) as caught:
         decode(PredictionMessage, f'{{"id": "a1", "body": "yes", "probabilities": {probabilities}}}'.encode())
     assert reason_mentions in caught.value.reason
+
+
+@pytest.mark.parametrize("message_type, raw, place", [
+    (TargetMessage, b'{"id": "a1", "body": "yes\\nno"}', "body"),
+    (FeaturesMessage, b'{"id": "a1", "body": {"city": "Oslo\\u0000"}}', "body.city"),
+    (PredictionMessage, b'{"id": "a1", "body": "y", "probabilities": {"y\\n": 1}}', "probabilities"),
+])
+def test_labels_and_categories_with_control_characters_are_refused_in_one_line(message_type, raw, place):
+    with pytest.raises(InvalidMessage) as caught:
+        decode(message_type, raw)
+    assert caught.value.reason.startswith(place) and "control characters" in caught.value.reason
+    assert "\n" not in caught.value.reason and "\x00" not in caught.value.reason

@@ -82,12 +82,6 @@ def test_regression_refuses_any_text_label(y_true, y_pred, field):
     assert "(TASK=regression)" in reason and "TASK=classification on metric" in reason
 
 
-def test_a_label_with_a_control_character_is_refused_as_it_would_break_the_log_s_lines():
-    reason = score(target("yes\nno"), prediction("yes"), "auto")
-    assert reason.startswith("y_true: a class label must not contain control characters")
-    assert "\n" not in reason
-
-
 def test_the_event_carries_the_labels_probabilities_and_model_version():
     pair = Pair(target("yes", sent_at=1700000000.5), prediction("no", {"no": 0.875, "yes": 0.125}), ["d1", "d2"])
     scored = ScoredPair(pair, score(pair.y_true, pair.y_pred, "auto"))

@@ -45,9 +45,16 @@ def _normalise_id(value: Any) -> str:
 
 MessageId = Annotated[str, BeforeValidator(_normalise_id)]
 FiniteNumber = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_LENGTH)]
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("text must not contain control characters")
+    return value
+
+
+# a class label or a categorical value: a control character would break the CSV's one row per line
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_LENGTH), AfterValidator(_printable)]
 Label = FiniteNumber | Text  # a regression target, or a class label
-FeatureValue = FiniteNumber | Annotated[str, StringConstraints(max_length=MAX_TEXT_LENGTH)] | None
+FeatureValue = FiniteNumber | Annotated[str, StringConstraints(max_length=MAX_TEXT_LENGTH), AfterValidator(_printable)] | None
 Probability = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 PROBABILITY_SUM_TOLERANCE = 1e-3
 
@@ -154,12 +161,18 @@ _BRANCH = re.compile(r"^(float|str|constrained-str|list|object|nullable\[.*|list
                      r"function-(after|before|wrap|plain)\[.*)$")
 
 
+def _shown(part: str | int) -> str:
+    """A place in the message; a key the sender made up is escaped, so the reason stays one line."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line: each place in the message that is wrong, e.g. `body.3: Input should be a valid
     number or Input should be a valid string`, the alternatives of a union joined by `or`."""
     problems: dict[str, list[str]] = {}
     for item in error.errors(include_url=False):
-        parts = [str(part) for part in item["loc"] if not (isinstance(part, str) and _BRANCH.match(part))]
+        parts = [_shown(part) for part in item["loc"] if not (isinstance(part, str) and _BRANCH.match(part))]
         messages = problems.setdefault(".".join(parts) or "message", [])
         if item["msg"] not in messages:
             messages.append(item["msg"])

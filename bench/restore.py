@@ -8,6 +8,7 @@ the counted ids, including the first redraw. Run in a fresh process so RSS is th
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import sys
@@ -39,7 +40,11 @@ def restore_plot(csv_path: Path) -> int:
 
 
 def main() -> int:
-    service, csv_path = sys.argv[1], Path(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("service", choices=("metric", "plot"))
+    parser.add_argument("csv_path", type=Path, help="a metric log, e.g. one bench/run.py generated")
+    args = parser.parse_args()
+    service, csv_path = args.service, args.csv_path
     restore = {"metric": restore_metric, "plot": restore_plot}[service]
     if service == "plot":
         sys.path.insert(0, str(ROOT / "plot" / "src"))

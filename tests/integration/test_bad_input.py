@@ -30,11 +30,12 @@ NOT_AN_OBJECT = [
 
 
 def bad_numbers(prefix: str) -> list[tuple[bytes, str]]:
-    """Bad y_true/y_pred messages: a body that is not a finite JSON number, or a bad id."""
+    """Bad y_true/y_pred messages: a body that is neither a finite JSON number nor a label, or a bad id."""
     cases = [
         ('{"body": 151.0}', "id: Field required"),
         (f'{{"id": "{prefix}-no-body"}}', "body: Field required"),
-        (f'{{"id": "{prefix}-string", "body": "151.0"}}', "body: Input should be a valid number"),
+        (f'{{"id": "{prefix}-empty-label", "body": ""}}', "String should have at least 1 character"),
+        (f'{{"id": "{prefix}-control-label", "body": "yes\\nno"}}', "text must not contain control characters"),
         (f'{{"id": "{prefix}-bool", "body": true}}', "body: Input should be a valid number"),
         (f'{{"id": "{prefix}-null", "body": null}}', "body: Input should be a valid number"),
         (f'{{"id": "{prefix}-nan", "body": NaN}}', "body: Input should be a finite number"),
@@ -55,12 +56,12 @@ def vector_with(index: int, raw_value: str) -> str:
 BAD_FEATURES = NOT_AN_OBJECT + [(body.encode(), reason) for body, reason in [
     (f'{{"body": {json.dumps(VECTOR)}}}', "id: Field required"),
     ('{"id": "f-no-body"}', "body: Field required"),
-    ('{"id": "f-null", "body": null}', "body: Input should be a valid array"),
-    ('{"id": "f-number", "body": 0.5}', "body: Input should be a valid array"),
+    ('{"id": "f-null", "body": null}', "body: Input should be a list or an object"),
+    ('{"id": "f-number", "body": 0.5}', "body: Input should be a list or an object"),
     ('{"id": "f-empty", "body": []}', "body: List should have at least 1 item"),
-    (f'{{"id": "f-string", "body": {vector_with(3, json.dumps("0.5"))}}}', "body.3: Input should be a valid number"),
+    (f'{{"id": "f-string", "body": {vector_with(3, json.dumps("0.5"))}}}', "body.3 (bp): expected a number, got a string"),
     (f'{{"id": "f-bool", "body": {vector_with(0, "true")}}}', "body.0: Input should be a valid number"),
-    (f'{{"id": "f-null-item", "body": {vector_with(9, "null")}}}', "body.9: Input should be a valid number"),
+    (f'{{"id": "f-null-item", "body": {vector_with(9, "null")}}}', "body.9 (s6): missing, and the model was trained without missing values"),
     (f'{{"id": "f-nan", "body": {vector_with(2, "NaN")}}}', "body.2: Input should be a finite number"),
     (f'{{"id": "f-inf", "body": {vector_with(5, "-Infinity")}}}', "body.5: Input should be a finite number"),
     (f'{{"id": "f-short", "body": {json.dumps(VECTOR[:9])}}}', "expected 10 features"),
@@ -69,8 +70,8 @@ BAD_FEATURES = NOT_AN_OBJECT + [(body.encode(), reason) for body, reason in [
 
 BAD_EVENTS = NOT_AN_OBJECT + [(body.encode(), reason) for body, reason in [
     ('{"id": "e-no-error", "y_true": 151.0, "y_pred": 150.0}', "absolute_error: Field required"),
-    ('{"id": "e-string", "y_true": "151.0", "y_pred": 150.0, "absolute_error": 1.0}',
-     "y_true: Input should be a valid number"),
+    ('{"id": "e-empty-label", "y_true": "", "y_pred": 150.0, "absolute_error": 1.0}',
+     "y_true: Input should be a valid number or String should have at least 1 character"),
     ('{"id": "e-bool", "y_true": 151.0, "y_pred": false, "absolute_error": 1.0}',
      "y_pred: Input should be a valid number"),
     ('{"id": "e-nan", "y_true": 151.0, "y_pred": 150.0, "absolute_error": NaN}',

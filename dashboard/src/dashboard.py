@@ -30,7 +30,7 @@ from typing import Callable, Literal
 
 from prometheus_client import REGISTRY, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from mlmonitor.amqp import Delivery, Session, decode_or_dead_letter, run_worker
 from mlmonitor.logs import configure_logging
@@ -38,12 +38,12 @@ from mlmonitor.messages import MetricAdded
 from mlmonitor.metric_log import MetricLogTail, MetricRow
 from mlmonitor.model_store import CARD_NAME, ModelCorrupt, ModelNotReady, read_card
 from mlmonitor.observability import serve_metrics
-from mlmonitor.settings import ConsumerSettings, load_settings
+from mlmonitor.settings import ConsumerSettings, load_settings, secret_field
 from mlmonitor.topology import DASHBOARD_EVENTS, METRIC_EVENTS_EXCHANGE, PIPELINE, QueueSpec, Topology
 from mlmonitor.tasks import CLASSIFICATION, REGRESSION
 from quality import Observation, QualityBoard, TaskHint
 from upstream import UpstreamMetrics
-from web import WebServer, create_app
+from web import BasicAuth, WebServer, create_app, warn_if_exposed
 
 log = logging.getLogger("dashboard")
 
@@ -60,8 +60,13 @@ EVENT_AGE = Histogram(
 class Settings(ConsumerSettings):
     logs_dir: Path = Field(Path("logs"), description="Folder of metric_log.csv (only read).")
     models_dir: Path = Field(Path("models"), description="Folder of model_card.json (only read).")
-    dashboard_host: str = Field("0.0.0.0", description="Address the page, /api/summary and /metrics listen on.")
+    dashboard_host: str = Field("127.0.0.1", description="Address the page, /api/* and /metrics listen on: this "
+                                "machine only unless told otherwise, e.g. 0.0.0.0 (then set a password).")
     dashboard_port: int = Field(8000, ge=0, le=65535, description="Port of the page, /api/summary and /metrics.")
+    dashboard_user: str = Field("monitor", pattern=r"^[^:]+$", description="User name for HTTP Basic auth.")
+    dashboard_password: SecretStr | None = secret_field(
+        None, min_length=1, description="Turns on HTTP Basic auth for everything on the dashboard's port, "
+        "/metrics included. Or DASHBOARD_PASSWORD_FILE: a file holding it (Docker secrets).")
     queue_max_length: int = Field(
         10000, ge=1, description="Events the dashboard's queue keeps while it is down; older ones are dropped "
         "(they are in the CSV). Changing it needs the queue deleted first: RabbitMQ refuses a redeclaration.")
@@ -267,7 +272,7 @@ def page_state(board: QualityBoard, card: ModelCardWatcher, upstream: UpstreamMe
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings(Settings, argv, prog="dashboard")
     configure_logging("dashboard", settings.log_level)
-    serve_metrics(settings.metrics_port, log)
+    serve_metrics(settings.metrics_port, log, settings.metrics_host)
     board = QualityBoard()
     REGISTRY.register(QualityCollector(board))
     tail = MetricLogTail(settings.logs_dir / "metric_log.csv")
@@ -280,9 +285,13 @@ def main(argv: list[str] | None = None) -> int:
 
     upstream = UpstreamMetrics(settings.upstream_urls, interval=settings.upstream_seconds)
     upstream.start()
-    app = create_app(lambda: page_state(board, card, upstream, settings), push_seconds=settings.push_seconds)
+    password = settings.dashboard_password
+    auth = BasicAuth(settings.dashboard_user, password.get_secret_value()) if password else None
+    app = create_app(lambda: page_state(board, card, upstream, settings), push_seconds=settings.push_seconds,
+                     auth=auth)
     server = WebServer(app, settings.dashboard_host, settings.dashboard_port)
     server.start()
+    warn_if_exposed(settings.dashboard_host, server.port, auth, log)
     log.info("dashboard on http://localhost:%d/ (JSON at /api/summary, Prometheus at /metrics)", server.port)
     try:
         return run_worker(worker, settings.amqp_url, topology(settings))

@@ -22,7 +22,7 @@ BATCH_SECONDS = Histogram(
 RECONNECTS = Counter("mlmonitor_reconnects_total", "Times the service lost RabbitMQ and connected again.")
 
 
-def serve_metrics(port: int, logger: logging.Logger) -> None:
+def serve_metrics(port: int, logger: logging.Logger, host: str = "127.0.0.1") -> None:
     if port:
-        start_http_server(port)
-        logger.info("Prometheus metrics on http://0.0.0.0:%d/metrics", port)
+        start_http_server(port, addr=host)
+        logger.info("Prometheus metrics on http://%s:%d/metrics", host, port)

@@ -43,7 +43,8 @@ def table(results: dict) -> str:
         else:
             latency, png = _ms(run["latency_csv_ms"]), _ms(run["latency_png_ms"])
             lag = f"{run['png_lag_ms']['max']:.0f}" if run["png_lag_ms"] else "–"
-            name = "pipeline, full speed" if not run["rate"] else f"pipeline, {run['name']}"
+            name = run["name"] if run["name"].startswith("pipeline") else (
+                "pipeline, full speed" if not run["rate"] else f"pipeline, {run['name']}")
         lines.append(f"| {name} | {run['count']} | {run['sustained_eps']:.0f} | {'–' if ratio != ratio else f'{ratio:.2f}'} | {latency} | {png} "
                      f"| {lag} | {deepest_text} | {rss} | {cpu} | {_load(run['load_before'])} |")
     return "\n".join(lines)
@@ -93,7 +94,7 @@ def plot(results: dict, path: Path) -> None:
         if run["rate"] == 0:
             rows = run["timeline"]["rows"]
             step = run["count"] / max(1, len(rows))
-            label = "bare pika" if run["kind"] == "bare" else "pipeline"
+            label = "bare pika" if run["kind"] == "bare" else run["name"] if run["name"].startswith("pipeline") else "pipeline"
             rows_axes.plot(rows, [i * step for i in range(len(rows))], label=f"{label}: {run['sustained_eps']:.0f}/s")
         if run["kind"] == "pipeline":
             latencies = sorted(run["timeline"]["latency_csv_s"])

@@ -9,7 +9,9 @@ messages, confirms, fsync). In order:
 2. saturated: `features --rate 0 --count N`;
 3. each fixed rate for --rate-seconds, then 90 % of the saturated run's sustained rate (is the backlog
    bounded when the pipeline is kept busy but not overrun?);
-4. restore: metric's and plot's start on a generated 1,000,000-row log.
+4. wide: the own-data path at full speed, on a generated 50-column table (numeric and text columns,
+   missing values) trained with learn_model's default pipeline: throughput and peak RSS per service;
+5. restore: metric's and plot's start on a generated 1,000,000-row log.
 Results go to bench/results/results.{md,json,png}; one line per run is appended to history.md.
 The benchmark reports; it asserts nothing about speed.
 """
@@ -155,7 +157,8 @@ def backlog(depths: list[tuple[float, dict[str, int]]], started: float, producin
 
 # --- scenarios -----------------------------------------------------------------------------------
 
-def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Path, timeout: float) -> dict:
+def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Path, timeout: float,
+                 feature_args: list[str] = ()) -> dict:
     log(f"{name}: {count} events at {'full speed' if not rate else f'{rate:g}/s'}")
     load_before = load_now()
     with Vhost() as amqp_url:
@@ -177,7 +180,7 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
                 thread.start()
             probe.ready.wait(10)
             started = time.time()
-            pipeline.start("features", ["--rate", str(rate), "--count", str(count)])
+            pipeline.start("features", ["--rate", str(rate), "--count", str(count), *feature_args])
             sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()}, BROKER_PID)
             sampler.start()
             threads.append(sampler)
@@ -281,6 +284,36 @@ def run_bare(count: int, work: Path, timeout: float) -> dict:
     return result
 
 
+def run_wide(columns: int, count: int, work: Path, timeout: float) -> dict:
+    """The user's-own-data path at full speed: a generated table of `columns` feature columns (a fifth
+    of them text, some values missing), trained with learn_model's default pipeline (impute,
+    one-hot, Ridge) and replayed by features as object bodies."""
+    table = work / "wide" / f"wide_{columns}.csv"
+    models_dir = work / "wide" / "models"
+    generate_wide_table(table, columns, rows=10_000)
+    if Pipeline(env={"MODELS_DIR": str(models_dir)}, output_dir=work / "wide" / "learn_model").run_to_end(
+            "learn_model", ["--data", str(table), "--target", "target"]):
+        raise SystemExit("learn_model failed on the wide table")
+    return run_pipeline(f"pipeline, full speed, {columns} columns", count, 0, models_dir, work, timeout,
+                        ["--data", str(table), "--target", "target"])
+
+
+def generate_wide_table(path: Path, columns: int, rows: int) -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(11)
+    text_columns = columns // 5
+    table = {f"x{i}": rng.normal(0, 1, rows) for i in range(columns - text_columns)}
+    for i in range(text_columns):
+        table[f"c{i}"] = rng.choice([f"level{k}" for k in range(3 + i)], rows)
+    frame = pd.DataFrame(table)
+    frame["target"] = frame[[f"x{i}" for i in range(min(5, columns - text_columns))]].sum(axis=1) * 10 + rng.normal(0, 1, rows)
+    for name in list(frame.columns[:-1])[::7]:  # every 7th column has 3 % missing values
+        frame.loc[rng.random(rows) < 0.03, name] = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
 def run_restore(rows: int, work: Path) -> list[dict]:
     csv_path = work / "restore" / f"metric_log_{rows}.csv"
     if not csv_path.exists():
@@ -360,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sustained", action="store_true", help="skip the run at the sustained rate")
     parser.add_argument("--sustained-fraction", type=float, default=0.9,
                         help="that run offers this fraction of the full-speed run's sustained rate")
+    parser.add_argument("--wide-columns", type=int, default=50,
+                        help="columns of the generated table for the own-data run at full speed (0 skips it)")
     parser.add_argument("--restore-rows", type=int, default=1_000_000, help="0 skips the restore measurement")
     parser.add_argument("--timeout", type=float, default=900, help="longest wait for one run to finish")
     parser.add_argument("--profile", action="store_true", help="record py-spy stacks of each service")
@@ -391,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, rate in fixed:
         count = max(1, int(rate * args.rate_seconds))
         results["runs"].append(run_pipeline(name, count, rate, models_dir, work, args.timeout))
+    if args.count and args.wide_columns:
+        results["runs"].append(run_wide(args.wide_columns, args.count, work, args.timeout))
     if args.restore_rows:
         results["restore"] = run_restore(args.restore_rows, work)
     results["load_end"] = load_now()

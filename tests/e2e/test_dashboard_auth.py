@@ -15,7 +15,6 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pika
 import pytest
 from selenium import webdriver
@@ -29,6 +28,7 @@ from mlmonitor.messages import MetricAdded
 from mlmonitor.metric_log import MetricLogWriter, MetricRow
 from mlmonitor.topology import METRIC_ADDED, METRIC_EVENTS_EXCHANGE
 from run_pipeline import Pipeline
+from test_dashboard import free_port, make_rows
 from waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
@@ -42,20 +42,6 @@ RECORD_VIOLATIONS = ("window.cspViolations = [];"
                      "window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));")
 INLINE_SCRIPT = ("const s = document.createElement('script'); s.textContent = 'window.inlineRan = true;';"
                  "document.body.appendChild(s);")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def make_rows(count: int, start: int = 0, seed: int = 0) -> list[MetricRow]:
-    rng = np.random.default_rng(seed)
-    y_true = rng.uniform(25, 346, count).round(1)
-    y_pred = y_true + rng.normal(0, 50, count)
-    return [MetricRow.from_pair(f"event-{start + i}", float(t), float(p))
-            for i, (t, p) in enumerate(zip(y_true, y_pred))]
 
 
 def append_rows(logs_dir: Path, rows: list[MetricRow]) -> None:

@@ -180,12 +180,26 @@ def consumers_on(amqp_url: str, queue: str) -> int:
             connection.close()
 
 
-@pytest.mark.timeout(180)
-def test_a_model_served_elsewhere_publishes_predictions_with_its_inputs(pipeline, amqp_url: str, tmp_path: Path):
+def start_metric_and_plot(pipeline: Pipeline, amqp_url: str) -> None:
+    """The monitor without our model service: a model served elsewhere publishes the predictions."""
     for service in ("metric", "plot"):
         pipeline.start(service)
     wait_until(lambda: consumers_on(amqp_url, Y_PRED) and consumers_on(amqp_url, Y_TRUE), timeout=60,
                message="metric consuming")
+
+
+def wait_for_scored_rows(logs_dir: Path, count: int) -> list[dict]:
+    """The CSV's rows once there are `count` and plot has drawn them all."""
+    wait_until(lambda: len(csv_rows(logs_dir / "metric_log.csv")) >= count, timeout=60, message=f"{count} rows")
+    wait_until(lambda: plot_has_drawn(logs_dir, count), timeout=60, message="plot to draw every event")
+    rows = csv_rows(logs_dir / "metric_log.csv")
+    assert len(rows) == count
+    return rows
+
+
+@pytest.mark.timeout(180)
+def test_a_model_served_elsewhere_publishes_predictions_with_its_inputs(pipeline, amqp_url: str, tmp_path: Path):
+    start_metric_and_plot(pipeline, amqp_url)
     # a drift monitor's stand-in: its own queue on the predictions exchange sees every input and prediction
     tap = connect(amqp_url)
     tap.channel().queue_declare("drift_tap", durable=True)
@@ -208,11 +222,7 @@ def test_a_model_served_elsewhere_publishes_predictions_with_its_inputs(pipeline
                                                                 "model_version": "users-model-7", "features": features})
     finally:
         external.close()
-    csv_path = tmp_path / "logs" / "metric_log.csv"
-    wait_until(lambda: len(csv_rows(csv_path)) >= 400, timeout=60, message="400 rows")
-    wait_until(lambda: plot_has_drawn(tmp_path / "logs", 400), timeout=60, message="plot to draw every event")
-    rows = csv_rows(csv_path)
-    assert len(rows) == 400
+    rows = wait_for_scored_rows(tmp_path / "logs", 400)
     for row in rows:
         target, prediction = expected[row["id"]]
         assert (float(row["y_true"]), float(row["y_pred"])) == (target, prediction)
@@ -224,10 +234,7 @@ def test_a_model_served_elsewhere_publishes_predictions_with_its_inputs(pipeline
 
 @pytest.mark.timeout(180)
 def test_a_classifier_served_elsewhere_with_probabilities(pipeline, amqp_url: str, tmp_path: Path):
-    for service in ("metric", "plot"):
-        pipeline.start(service)
-    wait_until(lambda: consumers_on(amqp_url, Y_PRED) and consumers_on(amqp_url, Y_TRUE), timeout=60,
-               message="metric consuming")
+    start_metric_and_plot(pipeline, amqp_url)
     rng = np.random.default_rng(3)
     external = ExternalModel(amqp_url)
     expected = {}
@@ -243,10 +250,7 @@ def test_a_classifier_served_elsewhere_with_probabilities(pipeline, amqp_url: st
                                                             "probabilities": probabilities})
     finally:
         external.close()
-    csv_path = tmp_path / "logs" / "metric_log.csv"
-    wait_until(lambda: len(csv_rows(csv_path)) >= 300, timeout=60, message="300 rows")
-    wait_until(lambda: plot_has_drawn(tmp_path / "logs", 300), timeout=60, message="plot to draw every event")
-    for row in csv_rows(csv_path):
+    for row in wait_for_scored_rows(tmp_path / "logs", 300):
         truth, predicted, error = expected[row["id"]]
         assert (row["y_true"], row["y_pred"]) == (truth, predicted)
         assert math.isclose(float(row["absolute_error"]), error, abs_tol=1e-9)

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SERVICES := learn_model features model metric plot $(patsubst %/requirements.txt,%,$(wildcard dashboard/requirements.txt))
 REQUIREMENTS := $(foreach s,$(SERVICES),$(s)/requirements.txt)
 
-.PHONY: run test unit bench faults clean
+.PHONY: run test unit bench bench-drift faults clean
 
 $(VENV)/.installed: $(REQUIREMENTS) requirements-dev.txt common/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ unit: $(VENV)/.installed
 bench: $(VENV)/.installed
 	scripts/ensure_rabbitmq.sh
 	$(PY) bench/run.py $(ARGS)
+
+# Drift detectors: false alarms, delay, CPU and memory, beside river's ADWIN and PageHinkley and
+# alibi-detect's CVMDriftOnline (venvs of their own under bench/, made on first use; see
+# bench/drift.py --help). About 7 minutes; --quick about 3. It reports; it doesn't pass or fail.
+bench-drift: $(VENV)/.installed
+	$(PY) bench/drift.py $(ARGS)
 
 # Every fault scenario, full length, with its table (tests/faults/run.py --help); about 15 minutes.
 # `make test` runs the quick profile (tests/faults/test_fault_suite.py). The full-disk scenario mounts a tmpfs:

@@ -1,0 +1,233 @@
+"""The drift detectors (drift/src/detectors.py) against known, seeded streams."""
+
+from __future__ import annotations
+
+import json
+import sys
+from statistics import NormalDist
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "drift" / "src"))
+
+import detectors as drift  # noqa: E402
+from calibration import ScoreDistribution, run_length, threshold  # noqa: E402
+from mlmonitor.reference import build_reference, categorical_stats, numeric_stats  # noqa: E402
+
+COLORS = {"red": 0.5, "green": 0.3, "blue": 0.2}
+
+
+def population(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
+    """The population the reference is a sample of: two numbers, one category, target, errors."""
+    return {"x": rng.standard_normal(size), "skewed": rng.lognormal(0, 0.5, size),
+            "color": rng.choice(list(COLORS), size, p=list(COLORS.values())),
+            "y": rng.normal(100, 20, size), "error": np.abs(rng.normal(0, 10, size))}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    sample = population(np.random.default_rng(1), 2000)
+    return build_reference({"x": ("numeric", sample["x"]), "skewed": ("numeric", sample["skewed"]),
+                            "color": ("categorical", sample["color"].tolist())},
+                           target=numeric_stats(sample["y"]), predictions=numeric_stats(sample["y"]),
+                           errors=sample["error"])
+
+
+@pytest.fixture(scope="module")
+def detectors(reference) -> list[drift.Detector]:
+    return drift.detectors_for(reference, false_alarms_per_100k=1.0)
+
+
+def named(detectors, name: str) -> drift.Detector:
+    return next(detector for detector in detectors if detector.name == name)
+
+
+def stream_values(sample: dict[str, np.ndarray], name: str) -> np.ndarray:
+    column = {"feature.x": "x", "feature.skewed": "skewed", "feature.color": "color", "prediction": "y",
+              "target": "y", "performance": "error"}[name]
+    return sample[column]
+
+
+def first_raises(detector: drift.Detector, values: np.ndarray) -> np.ndarray:
+    """values: events × streams; the event (1-based) of each stream's first raise, or 0."""
+    running = detector.copy_for(values.shape[1])
+    first = np.zeros(values.shape[1], dtype=int)
+    for event, row in enumerate(values, start=1):
+        raised = running.update_many(row) == 1
+        first = np.where((first == 0) & raised, event, first)
+    return first
+
+
+def test_a_stationary_stream_raises_nothing_in_200k_events(detectors):
+    # The budget is 1 per 100k events for all five detectors together: 2 expected at most, and the
+    # thresholds are conservative (Bonferroni, reference margin), so even 2 would be a bad sign.
+    streams, events = 200, 1000
+    sample = population(np.random.default_rng(2), streams * events)
+    raises = 0
+    for detector in detectors:
+        values = stream_values(sample, detector.name).reshape(events, streams)
+        raises += int((first_raises(detector, values) > 0).sum())
+    assert raises <= 1
+
+
+def test_a_chart_calibrated_to_a_run_length_has_it_in_simulation():
+    rng = np.random.default_rng(3)
+    normal = ScoreDistribution(rng.standard_normal(20_000))
+    h = threshold(normal, k=0.25, target_arl=2000)
+    statistic = np.zeros(2000)
+    run = np.zeros(2000, dtype=int)
+    alive = np.ones(2000, dtype=bool)
+    for step in range(1, 40_000):
+        statistic = np.maximum(statistic + rng.standard_normal(2000) - 0.25, 0)
+        stopped = alive & (statistic >= h)
+        run[stopped], alive[stopped] = step, False
+        if not alive.any():
+            break
+    assert run.mean() == pytest.approx(2000, rel=0.1)  # the mean of 2000 runs: ±2.2 % standard error
+
+
+def test_the_markov_chain_gives_the_textbook_run_lengths():
+    grid = np.array([NormalDist().inv_cdf((i + 0.5) / 4000) for i in range(4000)])
+    weights = np.full(grid.size, 1 / grid.size)
+    assert run_length(grid - 0.5, weights, 5.0) == pytest.approx(938, rel=0.02)  # k = 0.5, h = 5, in control
+    assert run_length(grid + 1 - 0.5, weights, 5.0) == pytest.approx(10.4, rel=0.02)  # a 1 σ shift
+
+
+def test_a_one_sigma_shift_is_caught_within_80_events(detectors, reference):
+    detector = named(detectors, "feature.x")
+    sample = np.random.default_rng(4).standard_normal((300, 100)) + 1.0
+    first = first_raises(detector, sample)
+    assert (first > 0).all() and first.max() <= 80
+    assert 15 <= first.mean() <= 50
+
+
+def test_a_shift_down_is_caught_too(detectors):
+    first = first_raises(named(detectors, "feature.skewed"), np.random.default_rng(5).lognormal(0, 0.5, (300, 50)) - 0.7)
+    assert (first > 0).all()
+
+
+def test_performance_ignores_a_better_model_and_catches_a_worse_one(detectors):
+    detector = named(detectors, "performance")
+    rng = np.random.default_rng(6)
+    better = np.abs(rng.normal(0, 5, (20_000, 20)))  # errors half as large
+    assert (first_raises(detector, better) == 0).all()
+    worse = np.abs(rng.normal(0, 15, (2000, 20)))
+    assert (first_raises(detector, worse) > 0).all()
+
+
+def test_a_category_gaining_share_is_caught_and_named(detectors):
+    detector = named(detectors, "feature.color").copy_for(1)
+    rng = np.random.default_rng(7)
+    decision = None
+    for value in rng.choice(["red", "green", "blue"], 3000, p=[0.4, 0.2, 0.4]):
+        decision = decision or detector.update(str(value))
+    assert decision is not None and decision.state == drift.RAISED
+    since = decision.explanation["since"]
+    assert since["category"] == "blue" and since["reference_frequency"] == pytest.approx(0.2, abs=0.03)
+    assert since["frequency"] > 0.3
+
+
+def test_an_unseen_category_and_missing_values_are_drift(detectors):
+    for value in ("purple", None):
+        detector = named(detectors, "feature.color").copy_for(1)
+        decisions = [detector.update(value if i % 2 else "red") for i in range(300)]
+        raised = [d for d in decisions if d is not None]
+        assert raised and raised[0].explanation["chart"]["channel"] in (drift.UNSEEN, drift.MISSING)
+
+
+def test_a_numeric_column_arriving_empty_raises_on_its_missing_rate(detectors):
+    detector = named(detectors, "feature.x").copy_for(1)
+    decisions = [detector.update(None if i % 3 == 0 else 0.1) for i in range(500)]
+    raised = [d for d in decisions if d is not None]
+    assert raised[0].explanation["chart"]["channel"] == drift.MISSING
+
+
+def test_raised_once_per_episode_and_resolved_after_it(detectors):
+    detector = named(detectors, "feature.x").copy_for(1)
+    rng = np.random.default_rng(8)
+    calm, drifted = (lambda n: rng.standard_normal(n)), (lambda n: rng.standard_normal(n) + 1.0)
+    stream = np.concatenate([calm(3000), drifted(1000), calm(3000), drifted(1000), calm(3000)])
+    decisions = [(event, d.state) for event, value in enumerate(stream, start=1)
+                 if (d := detector.update(float(value))) is not None]
+    assert [state for _, state in decisions] == [drift.RAISED, drift.RESOLVED] * 2
+    (up1, _), (down1, _), (up2, _), (down2, _) = decisions
+    assert 3000 < up1 < 3100 and 4000 < down1 < 4400
+    assert 7000 < up2 < 7100 and 8000 < down2 < 8400
+
+
+def test_the_state_round_trips_through_json_and_gives_the_same_decisions(detectors):
+    rng = np.random.default_rng(9)
+    stream = np.concatenate([rng.standard_normal(2000), rng.standard_normal(2000) + 0.5, rng.standard_normal(3000)])
+    original = named(detectors, "feature.x").copy_for(1)
+    for value in stream[:2500]:
+        original.update(float(value))
+    restored = drift.Detector.from_state(json.loads(json.dumps(original.to_state())))
+
+    def decisions(detector):
+        return [(d.state, d.events, d.score) for value in stream[2500:] if (d := detector.update(float(value)))]
+
+    assert decisions(original) == decisions(restored) != []
+
+
+def test_the_state_of_a_categorical_detector_round_trips(detectors):
+    original = named(detectors, "feature.color").copy_for(1)
+    for value in ["red", "blue", "green", None, "purple"] * 20:
+        original.update(value)
+    restored = drift.Detector.from_state(json.loads(json.dumps(original.to_state())))
+    assert restored.to_state() == original.to_state()
+
+
+def test_many_streams_at_once_decide_as_one_stream_does(detectors):
+    detector = named(detectors, "feature.x")
+    values = np.random.default_rng(10).standard_normal((3000, 3)) + np.array([0.0, 0.5, 1.0])
+    batch = detector.copy_for(3)
+    codes = np.array([batch.update_many(row) for row in values])
+    for column in range(3):
+        single = detector.copy_for(1)
+        expected = [0 if d is None else (1 if d.state == drift.RAISED else -1)
+                    for d in (single.update(float(v)) for v in values[:, column])]
+        assert codes[:, column].tolist() == expected
+
+
+def test_an_alert_explains_itself(detectors):
+    detector = named(detectors, "feature.x").copy_for(1)
+    decision = next(d for value in np.random.default_rng(11).standard_normal(500) + 2
+                    if (d := detector.update(float(value))) is not None)
+    explanation = decision.explanation
+    assert (decision.kind, decision.feature, decision.state) == (drift.FEATURE_DRIFT, "x", drift.RAISED)
+    assert decision.score >= decision.threshold == 1.0 and decision.events == explanation["events"]
+    assert explanation["chart"]["direction"] == "up" and explanation["chart"]["statistic"] >= explanation["chart"]["threshold"]
+    assert {"mean", "std", "quantiles"} <= explanation["reference"].keys()
+    assert explanation["since"]["events"] > 0 and explanation["since"]["mean"] > 1.0
+    assert explanation["recent"]["mean"] > 0.1
+    json.dumps(explanation)  # as it goes into logs/alerts.jsonl
+
+
+def test_the_budget_is_shared_and_a_smaller_one_buys_higher_thresholds(reference):
+    strict = drift.detectors_for(reference, false_alarms_per_100k=0.1)
+    loose = drift.detectors_for(reference, false_alarms_per_100k=10)
+    assert all((s.thresholds >= l.thresholds).all() for s, l in zip(strict, loose))
+    assert [d.kind for d in strict] == [drift.FEATURE_DRIFT] * 3 + [drift.PREDICTION_DRIFT, drift.TARGET_DRIFT,
+                                                                     drift.PERFORMANCE]
+
+
+def test_a_classifier_s_classes_are_watched_as_categories():
+    labels = ["yes"] * 700 + ["no"] * 300
+    reference = build_reference({"x": ("numeric", np.arange(1000.0))}, target=categorical_stats(labels),
+                                predictions=categorical_stats(labels), errors=[0.0] * 800 + [1.0] * 200)
+    built = drift.detectors_for(reference)
+    assert isinstance(named(built, "prediction"), drift.CategoricalDetector)
+    assert isinstance(named(built, "target"), drift.CategoricalDetector)
+    performance = named(built, "performance").copy_for(1)
+    decisions = [performance.update(1.0 if i % 2 else 0.0) for i in range(400)]  # 50 % wrong instead of 20 %
+    assert any(d is not None and d.state == drift.RAISED for d in decisions)
+
+
+def test_a_constant_column_raises_when_it_starts_to_vary():
+    reference = build_reference({"version": ("numeric", np.full(500, 3.0))}, target=numeric_stats(np.arange(500.0)),
+                                predictions=numeric_stats(np.arange(500.0)), errors=np.arange(500.0))
+    detector = named(drift.detectors_for(reference), "feature.version").copy_for(1)
+    assert all(detector.update(3.0) is None for _ in range(5000))
+    assert any(detector.update(4.0) is not None for _ in range(50))

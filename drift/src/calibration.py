@@ -59,7 +59,7 @@ class ScoreDistribution:
         return float(((self.values - self.mean) ** 2) @ self.weights)
 
     def key(self) -> str:
-        digest = hashlib.sha1(np.round(self.values, 9).tobytes())
+        digest = hashlib.sha1(np.round(self.values, 9).tobytes(), usedforsecurity=False)  # a cache key
         digest.update(np.round(self.weights, 12).tobytes())
         return digest.hexdigest()
 

@@ -1,19 +1,22 @@
-"""Static checks of docker-compose.yml, the service Dockerfiles and .dockerignore.
+"""Static checks of docker-compose.yml, the Dockerfile and .dockerignore.
 
 There is no Docker engine where the tests run, so this reads the files and checks what a
 `docker compose up --build` would trip over: missing build inputs, a layer order that
-reinstalls dependencies on every code edit, volumes that don't land on the relative
-logs/ and models/ paths under WORKDIR /app, and a start order that doesn't wait for
-RabbitMQ or for the trained model.
+reinstalls dependencies on every code or common/ edit, volumes that don't land on the relative
+logs/ and models/ paths under WORKDIR /app, a start order that doesn't wait for RabbitMQ or for
+the trained model; and what would let a container do more than it must: root, a writable root
+filesystem or mount it only reads, capabilities, unpinned or unhashed dependencies.
 
 Everything is driven by the services found in the compose file, so a service added later
-(e.g. dashboard) is checked the same way.
+(e.g. dashboard) is checked the same way. The one Dockerfile takes the service as the build
+argument SERVICE; its instructions are read with the compose file's build args substituted.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shlex
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -28,6 +31,11 @@ BROKER = "rabbitmq"
 CONTAINER_ROOT = PurePosixPath("/app")
 # Host dirs that may be bind-mounted, each onto the same relative path under /app.
 ALLOWED_BIND_MOUNTS = {"./logs": "/app/logs", "./models": "/app/models", "./examples": "/app/examples"}
+# Who may write each of them (drift keeps its state and alerts in logs/); every other service mounts it read-only.
+WRITERS = {"./models": {"learn_model"}, "./logs": {"metric", "plot", "drift"}, "./examples": set()}
+ROOT_DOCKERFILE = REPO_ROOT / "Dockerfile"
+SERVICE_ARG = "SERVICE"
+UNPRIVILEGED_UID_MIN = 1000  # below: root and the distribution's system users
 
 
 # ---------------------------------------------------------------- helpers
@@ -64,6 +72,89 @@ def _build(name: str) -> tuple[Path, Path]:
     context = (REPO_ROOT / build.get("context", ".")).resolve()
     dockerfile = context / build.get("dockerfile", "Dockerfile")
     return context, dockerfile
+
+
+def _build_args(name: str) -> dict[str, str]:
+    build = _service(name)["build"]
+    args = build.get("args") if isinstance(build, dict) else None
+    if isinstance(args, list):
+        args = dict(item.split("=", 1) for item in args)
+    return {str(k): str(v) for k, v in (args or {}).items()}
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def _substitute(text: str, variables: dict[str, str]) -> str:
+    """$NAME and ${NAME} replaced as docker build does; an unknown one is left as it is."""
+    return _VARIABLE.sub(lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
+def _interpolate(value: str) -> str:
+    """A compose value with ${VAR:-default} read as its default (no environment given)."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+def _image(name: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The service's Dockerfile instructions with ARG/ENV values substituted, and the image's ENV."""
+    _, dockerfile = _build(name)
+    build_args = _build_args(name)
+    variables: dict[str, str] = {}
+    env: dict[str, str] = {}
+    expanded = []
+    for keyword, args in _instructions(dockerfile):
+        if keyword == "ARG":
+            arg, _, default = args.partition("=")
+            variables[arg] = build_args.get(arg, default)
+        elif keyword == "ENV":
+            for pair in shlex.split(args):
+                key, _, value = pair.partition("=")
+                env[key] = variables[key] = _substitute(value, variables)
+        if keyword not in ("CMD", "ENTRYPOINT"):  # exec form isn't substituted at build time
+            args = _substitute(args, variables)
+        expanded.append((keyword, args))
+    return expanded, env
+
+
+def _command(name: str) -> list[str]:
+    """The argv the container starts, `sh -c "exec ..."` unwrapped with the image's ENV."""
+    instructions, env = _image(name)
+    cmd = _cmd(instructions)
+    if cmd[:2] == ["sh", "-c"]:
+        cmd = shlex.split(_substitute(cmd[2], env))
+        if cmd and cmd[0] == "exec":
+            cmd = cmd[1:]
+    return cmd
+
+
+def _user_ids(user: str) -> tuple[int, int]:
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and gid.isdigit(), f"user {user!r} is not numeric uid:gid (a name may resolve to root)"
+    return int(uid), int(gid)
+
+
+def _pip_installs(instructions: list[tuple[str, str]]) -> list[tuple[int, list[str]]]:
+    """[(index, argv after `pip install`)] of every pip install a RUN does."""
+    installs = []
+    for index, (keyword, args) in enumerate(instructions):
+        if keyword != "RUN":
+            continue
+        for command in re.split(r"&&|;|\|\|", args):
+            words = shlex.split(command)
+            for i in range(len(words) - 1):
+                if words[i].endswith("pip") and words[i + 1] == "install":
+                    installs.append((index, words[i + 2:]))
+    return installs
+
+
+def _option_values(argv: list[str], option: str) -> list[str]:
+    values = []
+    for i, word in enumerate(argv):
+        if word == option and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif word.startswith(option + "="):
+            values.append(word.split("=", 1)[1])
+    return values
 
 
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -178,6 +269,40 @@ def _published(svc: dict) -> list[tuple[str, str]]:
         host = parts[-2] if len(parts) >= 2 else ""
         published.append((host, container))
     return published
+
+
+def _published_addresses(svc: dict) -> list[str]:
+    """The host address each published port binds to ("" = every interface)."""
+    addresses = []
+    for port in svc.get("ports") or []:
+        if isinstance(port, dict):
+            addresses.append(str(port.get("host_ip", "")))
+            continue
+        parts = str(port).split("/")[0].split(":")
+        addresses.append(":".join(parts[:-2]))
+    return addresses
+
+
+def _tmpfs_targets(svc: dict) -> list[str]:
+    tmpfs = svc.get("tmpfs") or []
+    if isinstance(tmpfs, str):
+        tmpfs = [tmpfs]
+    return [str(entry).split(":")[0].rstrip("/") for entry in tmpfs]
+
+
+def _read_only_binds(svc: dict) -> dict[str, bool]:
+    """{host path: mounted read-only} of the service's bind mounts."""
+    modes = {}
+    for volume in svc.get("volumes") or []:
+        if isinstance(volume, dict):
+            if volume.get("type") == "bind":
+                modes[str(volume["source"]).rstrip("/")] = bool(volume.get("read_only"))
+            continue
+        parts = str(volume).split(":")
+        if len(parts) >= 2 and parts[0].startswith((".", "/", "~")):
+            options = parts[2].split(",") if len(parts) > 2 else []
+            modes[parts[0].rstrip("/")] = "ro" in options
+    return modes
 
 
 def _dockerignore_patterns() -> list[str]:
@@ -299,7 +424,131 @@ def test_host_ports_are_unique():
             seen[host] = name
 
 
-# ---------------------------------------------------------------- Dockerfiles
+# ---------------------------------------------------------------- compose: least privilege
+
+
+@build_services
+def test_service_runs_as_the_images_unprivileged_user(name):
+    user = _service(name).get("user")
+    assert user, f"{name} sets no user; compose must not rely on the image alone"
+    uid, gid = _user_ids(_interpolate(str(user)))
+    assert uid >= UNPRIVILEGED_UID_MIN and gid >= UNPRIVILEGED_UID_MIN, f"{name} runs as {uid}:{gid}, a privileged id"
+    instructions, _ = _image(name)
+    image_user = [args for keyword, args in instructions if keyword == "USER"][-1]
+    assert (uid, gid) == _user_ids(image_user), f"{name}: compose's default user {uid}:{gid} is not the image's {image_user}"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_service_has_no_capabilities_and_cannot_gain_privileges(name):
+    svc = _service(name)
+    assert "ALL" in (svc.get("cap_drop") or []), f"{name} keeps the default capabilities (cap_drop: [ALL])"
+    assert not svc.get("cap_add"), f"{name} adds capabilities back: {svc['cap_add']}"
+    assert not svc.get("privileged"), f"{name} is privileged"
+    assert "no-new-privileges:true" in (svc.get("security_opt") or []), f"{name} lacks no-new-privileges:true"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_nothing_runs_as_root(name):
+    user = _service(name).get("user")
+    if user is None:
+        image = _service(name).get("image", "")
+        assert image.startswith("prom/prometheus:"), f"{name} sets no user, so it may run as root"
+        pytest.skip("prom/prometheus runs as nobody by its own USER")
+    uid = _interpolate(str(user)).partition(":")[0]
+    assert uid not in ("0", "root", ""), f"{name} runs as root"
+
+
+@build_services
+def test_root_filesystem_is_read_only_with_a_tmpfs_for_tmp(name):
+    svc = _service(name)
+    assert svc.get("read_only") is True, f"{name}: root filesystem not read_only"
+    assert "/tmp" in _tmpfs_targets(svc), f"{name}: read-only root filesystem without a tmpfs on /tmp"
+
+
+def test_prometheus_root_filesystem_is_read_only():
+    assert _service("prometheus").get("read_only") is True, "prometheus writes only its VOLUME /prometheus"
+
+
+@app_services
+def test_bind_mounts_are_writable_only_by_their_writers(name):
+    for host, read_only in _read_only_binds(_service(name)).items():
+        if name in WRITERS.get(host, set()):
+            assert not read_only, f"{name} writes {host} but mounts it read-only"
+        else:
+            assert read_only, f"{name} only reads {host} but mounts it writable (add :ro)"
+
+
+@pytest.mark.parametrize("name, host", [("model", "./models"), ("dashboard", "./models"), ("dashboard", "./logs")])
+def test_consumers_mount_what_they_read_read_only(name, host):
+    modes = _read_only_binds(_service(name))
+    assert host in modes, f"{name} doesn't mount {host}, which it reads"
+    assert modes[host], f"{name} mounts {host} writable"
+
+
+def test_matplotlib_cache_is_on_a_tmpfs():
+    svc = _service("plot")
+    config_dir = _env(svc).get("MPLCONFIGDIR", "")
+    assert any(PurePosixPath(config_dir).is_relative_to(t) for t in _tmpfs_targets(svc)), (
+        f"plot: MPLCONFIGDIR {config_dir!r} is not on a tmpfs, and the root filesystem is read-only"
+    )
+
+
+@app_services
+def test_metrics_listen_on_the_compose_network(name):
+    env = _env(_service(name))
+    if env.get("METRICS_PORT", "0") in ("", "0"):
+        pytest.skip(f"{name} has no metrics port")
+    # The services listen on 127.0.0.1 unless told otherwise: Prometheus and the dashboard couldn't scrape.
+    assert env.get("METRICS_HOST") == "0.0.0.0", f"{name}: METRICS_HOST must be 0.0.0.0 in a container"
+
+
+def test_dashboard_listens_on_the_compose_network():
+    assert _env(_service("dashboard")).get("DASHBOARD_HOST") == "0.0.0.0", "dashboard: DASHBOARD_HOST must be 0.0.0.0"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_ports_are_published_on_the_hosts_loopback_only(name):
+    for address in _published_addresses(_service(name)):
+        assert address == "127.0.0.1", f"{name} publishes a port on {address or 'every interface'}, not 127.0.0.1"
+
+
+def test_rabbitmq_refuses_huge_messages_itself():
+    from mlmonitor.settings import ConsumerSettings
+
+    compose = _load_compose()
+    mounts = {c["target"]: compose["configs"][c["source"]]["file"] for c in _service(BROKER).get("configs") or []}
+    conf_d = [file for target, file in mounts.items()
+              if PurePosixPath(target).parent == PurePosixPath("/etc/rabbitmq/conf.d")]
+    assert conf_d, f"{BROKER}: no config mounted into /etc/rabbitmq/conf.d"
+    settings = {}
+    for file in conf_d:
+        for line in (REPO_ROOT / file).read_text(encoding="utf-8").splitlines():
+            key, _, value = line.split("#")[0].partition("=")
+            if value.strip():
+                settings[key.strip()] = value.strip()
+    assert "max_message_size" in settings, f"{BROKER}: max_message_size not set in {conf_d}"
+    broker_cap = int(settings["max_message_size"])
+    field = ConsumerSettings.model_fields.get("max_message_bytes")
+    service_cap = field.default if field is not None else 1 << 20
+    # Above the services' own cap, so a message between the two is dead-lettered with its reason;
+    # at most RabbitMQ's own limit of 512 MiB.
+    assert service_cap < broker_cap <= 512 << 20, f"max_message_size {broker_cap} vs MAX_MESSAGE_BYTES {service_cap}"
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def test_no_service_folder_keeps_a_dockerfile_of_its_own():
+    own = sorted(path.relative_to(REPO_ROOT).as_posix() for path in REPO_ROOT.glob("*/Dockerfile"))
+    assert not own, f"{own}: the root Dockerfile builds every service (build.args.SERVICE in docker-compose.yml)"
+
+
+@build_services
+def test_service_is_built_by_the_root_dockerfile_for_itself(name):
+    context, dockerfile = _build(name)
+    assert (context, dockerfile) == (REPO_ROOT, ROOT_DOCKERFILE), f"{name} is built from {dockerfile}, context {context}"
+    assert _build_args(name).get(SERVICE_ARG) == name, f"{name}: build.args.{SERVICE_ARG} must be {name!r}"
+    assert (REPO_ROOT / name / "src" / f"{name}.py").is_file(), f"{name}: no {name}/src/{name}.py"
 
 
 @build_services
@@ -311,11 +560,13 @@ def test_build_context_and_dockerfile_exist(name):
 
 @build_services
 def test_copy_sources_exist(name):
-    context, dockerfile = _build(name)
-    copies = _copies(_instructions(dockerfile))
+    context, _ = _build(name)
+    instructions, _ = _image(name)
+    copies = _copies(instructions)
     assert copies, f"{name}: Dockerfile copies nothing"
     for _, sources, _ in copies:
         for source in sources:
+            assert "$" not in source, f"{name}: COPY {source} names a variable the build doesn't set"
             if any(ch in source for ch in "*?["):
                 assert list(context.glob(source.lstrip("/"))), f"{name}: COPY {source} matches nothing"
             else:
@@ -324,34 +575,35 @@ def test_copy_sources_exist(name):
 
 @build_services
 def test_copy_sources_not_dockerignored(name):
-    context, dockerfile = _build(name)
     patterns = _dockerignore_patterns()
-    for _, sources, _ in _copies(_instructions(dockerfile)):
+    instructions, _ = _image(name)
+    for _, sources, _ in _copies(instructions):
         for source in sources:
             assert not _ignored(source, patterns), f"{name}: COPY {source} is excluded by .dockerignore"
 
 
 def test_dockerignore_keeps_local_state_out():
     patterns = _dockerignore_patterns()
-    for path in (".git", ".venv", "logs", "models", "common/__pycache__", ".pytest_cache"):
+    for path in (".git", ".venv", "logs", "models", "common/__pycache__", ".pytest_cache", "secrets", ".env", "bench"):
         assert _ignored(path, patterns), f".dockerignore lets {path} into the build context"
 
 
 @build_services
 def test_workdir_is_app(name):
-    _, dockerfile = _build(name)
-    assert _workdir(_instructions(dockerfile)) == CONTAINER_ROOT, f"{name}: WORKDIR must be /app (mirrors the repo root)"
+    instructions, _ = _image(name)
+    assert _workdir(instructions) == CONTAINER_ROOT, f"{name}: WORKDIR must be /app (mirrors the repo root)"
 
 
 @build_services
 def test_cmd_runs_existing_script_unbuffered(name):
-    context, dockerfile = _build(name)
-    instructions = _instructions(dockerfile)
-    cmd = _cmd(instructions)
-    assert cmd[0].startswith("python"), f"{name}: CMD does not run python: {cmd}"
+    context, _ = _build(name)
+    instructions, _ = _image(name)
+    cmd = _command(name)
+    assert cmd and cmd[0].startswith("python"), f"{name}: CMD does not run python: {cmd}"
     scripts = [arg for arg in cmd if arg.endswith(".py")]
     assert len(scripts) == 1, f"{name}: CMD names no single .py script: {cmd}"
     script = scripts[0]
+    assert script == f"{name}/src/{name}.py", f"{name}: CMD runs {script}"
     assert "-u" in cmd[1 : cmd.index(script)], f"{name}: CMD lacks -u before the script (unbuffered logs): {cmd}"
 
     # WORKDIR /app mirrors the repo root, so the script is there relative to the context...
@@ -373,37 +625,67 @@ def test_cmd_runs_existing_script_unbuffered(name):
 
 
 @build_services
-def test_requirements_installed_before_code_is_copied(name):
-    _, dockerfile = _build(name)
-    svc_dir = _service_dir(name)
-    instructions = _instructions(dockerfile)
+def test_image_runs_as_an_unprivileged_user_that_owns_nothing(name):
+    instructions, _ = _image(name)
+    users = [(i, args) for i, (keyword, args) in enumerate(instructions) if keyword == "USER"]
+    assert users, f"{name}: no USER, so the image runs as root"
+    index, user = users[-1]
+    uid, gid = _user_ids(user)
+    assert uid >= UNPRIVILEGED_UID_MIN and gid >= UNPRIVILEGED_UID_MIN, f"{name}: USER {user} is privileged"
+    assert any(keyword == "RUN" and f"--uid {uid}" in args for keyword, args in instructions[:index]), (
+        f"{name}: uid {uid} is not created with useradd --uid"
+    )
+    # Files stay root's: nothing is handed to the user, so it can change none of them.
+    for keyword, args in instructions:
+        assert not (keyword in ("COPY", "ADD") and "--chown" in args), f"{name}: {keyword} {args} gives files away"
+        assert not (keyword == "RUN" and re.search(r"\bch(own|mod)\b", args)), f"{name}: RUN {args} changes ownership"
+
+
+@build_services
+def test_dependencies_come_from_the_services_lock_with_hashes(name):
+    instructions, _ = _image(name)
+    lock = f"{name}/requirements.lock"
+    assert (REPO_ROOT / lock).is_file(), f"{name}: {lock} missing; `make lock` writes it"
+    from_lock = [(i, argv) for i, argv in _pip_installs(instructions) if lock in _option_values(argv, "-r")]
+    assert from_lock, f"{name}: no RUN pip install -r {lock}"
+    (lock_install, argv), *_ = from_lock
+    assert "--require-hashes" in argv, f"{name}: the lock is installed without --require-hashes"
+    assert ":all:" in _option_values(argv, "--only-binary"), f"{name}: sdists allowed, so a package's build code would run"
+    for index, other in _pip_installs(instructions):
+        if index == lock_install:
+            continue
+        # Anything else may only be our own code, with nothing resolved or fetched beside the lock.
+        assert "--no-deps" in other and "--no-index" in other, f"{name}: pip install {other} may fetch unpinned packages"
+        assert not _option_values(other, "-r"), f"{name}: pip install {other} reads another requirements file"
+
+
+@build_services
+def test_dependency_layer_comes_before_common_and_the_code(name):
+    instructions, _ = _image(name)
     copies = _copies(instructions)
-    requirements = f"{svc_dir}/requirements.txt"
+    lock = f"{name}/requirements.lock"
+    install = next(i for i, argv in _pip_installs(instructions) if lock in _option_values(argv, "-r"))
 
-    def copy_index(source: str) -> int:
-        hits = [i for i, sources, _ in copies if any(s.strip("/") == source for s in sources)]
-        assert hits, f"{name}: Dockerfile does not COPY {source}"
-        return hits[0]
+    def copy_indexes(prefix: str) -> list[int]:
+        return [i for i, sources, _ in copies if any(s.strip("/").startswith(prefix) for s in sources)]
 
-    installs = [
-        i
-        for i, (keyword, args) in enumerate(instructions)
-        if keyword == "RUN" and "pip install" in args and requirements in args
-    ]
-    assert installs, f"{name}: no RUN pip install -r {requirements}"
-    install = installs[0]
-
-    assert copy_index("common") < install, f"{name}: common/ must be copied before pip install (-e ./common)"
-    assert copy_index(requirements) < install, f"{name}: {requirements} must be copied before pip install"
-    assert install < copy_index(f"{svc_dir}/src"), (
-        f"{name}: {svc_dir}/src is copied before pip install, so every code edit reinstalls the dependencies"
+    # Only the lock is copied before the install: editing common/ or any code keeps the layer cached.
+    before = [sources for i, sources, _ in copies if i < install]
+    assert before == [[lock]], f"{name}: copied before the dependency install: {before}; only {lock} may be"
+    common, code = copy_indexes("common"), copy_indexes(f"{name}/src")
+    assert common and code, f"{name}: common/ or {name}/src is never copied"
+    assert install < min(common) and install < min(code), f"{name}: common/ or the code is copied before the lock install"
+    common_installs = [i for i, argv in _pip_installs(instructions)
+                       if any(a.rstrip("/") in ("./common", "common", "/app/common") for a in argv)]
+    assert common_installs, f"{name}: common/ is never installed"
+    assert max(common) < common_installs[0] < min(code), (
+        f"{name}: common/ must be installed after it is copied, before the code"
     )
 
 
 @build_services
 def test_requirements_install_common(name):
-    context, _ = _build(name)
-    requirements = context / _service_dir(name) / "requirements.txt"
+    requirements = REPO_ROOT / name / "requirements.txt"
     assert requirements.is_file(), f"{name}: {requirements} does not exist"
     lines = [line.strip() for line in requirements.read_text(encoding="utf-8").splitlines()]
     assert "-e ./common" in lines, f"{name}: {requirements} lacks `-e ./common`"

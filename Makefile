@@ -79,4 +79,4 @@ faults: $(VENV)/.installed
 	$(PY) tests/faults/run.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) logs/*.csv logs/*.png logs/*.json models/*.skops models/model_card.json
+	rm -rf $(VENV) logs/*.csv logs/*.png logs/*.json logs/*.jsonl logs/*.log models/*.skops models/model_card.json

@@ -5,7 +5,9 @@ r"""Runs the whole pipeline locally: trains the model, then starts every service
         [--estimator sklearn.ensemble.HistGradientBoostingRegressor] [--external-model]
 
 --data/--target (and --task, --estimator, --estimator-params) go to learn_model, --data/--target,
---order and --seed to features. When the model card says classification, metric and the dashboard
+--order, --seed and the simulated drift (--drift-features/--drift-sigma/--drift-from,
+--concept-shift/--concept-from/--concept-sigma) to features; drift watches for it and writes
+logs/alerts.jsonl. When the model card says classification, metric and the dashboard
 run with TASK=classification. --external-model leaves the `model` service out: a model of your own
 publishes the predictions. Retrain while it runs by running learn_model again with the same flags
 in another console; the model service swaps to the new version.
@@ -28,9 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSUMERS = ("model", "metric", "plot")
-OPTIONAL_SERVICES = ("dashboard",)
+OPTIONAL_SERVICES = ("drift", "dashboard")
 # Each service's Prometheus /metrics port, as in docker-compose.yml (the dashboard serves its own on 8000).
-METRICS_PORTS = {"features": "9101", "model": "9102", "metric": "9103", "plot": "9104"}
+METRICS_PORTS = {"features": "9101", "model": "9102", "metric": "9103", "plot": "9104", "drift": "9105"}
 
 
 def script_of(service: str) -> Path:
@@ -93,7 +95,10 @@ class Pipeline:
 # run_pipeline's flags that go on unchanged, as (flag, attribute of the parsed args)
 LEARN_MODEL_FLAGS = (("--data", "data"), ("--target", "target"), ("--task", "task"), ("--estimator", "estimator"),
                      ("--estimator-params", "estimator_params"))
-FEATURES_FLAGS = (("--data", "data"), ("--target", "target"), ("--order", "order"), ("--seed", "seed"))
+FEATURES_FLAGS = (("--data", "data"), ("--target", "target"), ("--order", "order"), ("--seed", "seed"),
+                  ("--drift-features", "drift_features"), ("--drift-sigma", "drift_sigma"),
+                  ("--drift-from", "drift_from"), ("--concept-shift", "concept_shift"),
+                  ("--concept-from", "concept_from"), ("--concept-sigma", "concept_sigma"))
 TASK_AWARE_SERVICES = ("metric", "dashboard")  # told TASK=classification when the card says so
 
 
@@ -128,6 +133,33 @@ def service_env(service: str, task: str | None) -> dict[str, str]:
     return {**metrics_env(service), **task_env}
 
 
+def wait_for_drift_queues(pipeline: Pipeline, timeout: float = 30.0) -> bool:
+    """Waits until drift has declared its queues (only it does, at start), so that it sees the first
+    events too; gives up, with one line, when drift dies or takes longer than `timeout`."""
+    import pika
+
+    from mlmonitor.settings import DEFAULT_AMQP_URL
+    from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTIONS
+
+    parameters = pika.URLParameters(pipeline.env.get("AMQP_URL") or DEFAULT_AMQP_URL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and "drift" not in pipeline.dead():
+        try:
+            connection = pika.BlockingConnection(parameters)
+            try:
+                channel = connection.channel()
+                for queue in (DRIFT_PREDICTIONS, DRIFT_EVENTS):
+                    channel.queue_declare(queue, passive=True)  # a missing queue closes the channel
+                return True
+            finally:
+                if connection.is_open:
+                    connection.close()
+        except (pika.exceptions.AMQPError, OSError):
+            time.sleep(0.2)
+    print("run_pipeline: drift has not declared its queues; starting features anyway", flush=True)
+    return False
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", default=os.environ.get("RATE", "1"), help="features: events per second (0: max)")
@@ -140,6 +172,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--estimator-params", help="learn_model: the estimator's parameters as JSON")
     parser.add_argument("--order", choices=("shuffled", "in-order"), help="features: row order (default shuffled)")
     parser.add_argument("--seed", help="features: seed of the shuffled order")
+    parser.add_argument("--drift-features", help="features: simulate drift by shifting these numeric features "
+                                                 "(comma-separated), watched by the drift service")
+    parser.add_argument("--drift-sigma", help="features: the shift in standard deviations (default 1)")
+    parser.add_argument("--drift-from", help="features: events sent unchanged before the shift (default 0)")
+    parser.add_argument("--concept-shift", help="features: move y_true by this many residual standard deviations "
+                                                "(a classifier: flip this share of labels)")
+    parser.add_argument("--concept-from", help="features: events sent unchanged before the concept change")
+    parser.add_argument("--concept-sigma", help="features: residual standard deviation (default: from the card)")
     parser.add_argument("--external-model", action="store_true",
                         help="don't start the model service: a model of your own publishes y_pred")
     return parser.parse_args(argv)
@@ -166,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     services = consumers + [name for name in OPTIONAL_SERVICES if script_of(name).exists()]
     for service in services:
         pipeline.start(service, env=service_env(service, task))
+    if "drift" in services:
+        wait_for_drift_queues(pipeline)
     features = pipeline.start("features", features_args(args), env=metrics_env("features"))
     print(f"run_pipeline: started {', '.join(services + ['features'])}; Ctrl-C stops them all", flush=True)
     ports = ", ".join(f"{name} :{port}" for name, port in METRICS_PORTS.items() if name in services + ["features"])

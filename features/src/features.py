@@ -18,6 +18,14 @@ Backpressure: features polls the ready messages of `features`, `y_true` and `y_p
 and publishes no more new events than keep the deepest of them within `--max-backlog`. A pipeline
 slower than the source, or one with a service down, so builds a bounded backlog, not an endless one.
 
+Simulated drift, to watch an alert fire: `--drift-features bmi,bp --drift-sigma 1 --drift-from 1000`
+adds 1 standard deviation (of each feature's values in the table replayed) to those features of
+every event after the first 1000; numeric features only. `--concept-shift 1 --concept-from 1000`
+changes the concept instead, the features staying put: a regressor's y_true moves by 1 residual
+standard deviation (`--concept-sigma`, by default the held-out RMSE from the model card's reference
+errors in MODELS_DIR); for a classifier it is the share of labels, 0 to 1, replaced by another
+class of the table (drawn with `--seed`).
+
 `--confirmed-ids-file PATH` appends `id,y_true` for each event once both its messages are
 confirmed, one write and fsync per batch of confirms: the fault-injection suite's record of what
 was published. A SIGKILL between a confirm and that fsync can leave a confirmed id out of the file.
@@ -31,7 +39,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal, Protocol
 
@@ -67,6 +75,21 @@ class Settings(ServiceSettings):
         "shuffled", description="shuffled: a new seeded permutation every pass; in-order: the table's row order.")
     confirmed_ids_file: Path | None = Field(
         None, description="Append 'id,y_true' of each confirmed event to this file, fsynced per batch of confirms.")
+    drift_features: str = Field("", description="Simulated drift: comma-separated numeric features to shift "
+                                                "(e.g. bmi,bp), by --drift-sigma from event --drift-from on.")
+    drift_sigma: float = Field(1.0, allow_inf_nan=False,
+                               description="The shift, in standard deviations of each feature in the table replayed.")
+    drift_from: int = Field(0, ge=0, description="Events sent unchanged before the shift starts.")
+    concept_shift: float = Field(
+        0.0, allow_inf_nan=False, description="Simulated concept change, the features unchanged: a regressor's "
+        "y_true moves by this many residual standard deviations; for a classifier, this share of labels (0 to 1) "
+        "is replaced by another class of the table.")
+    concept_from: int = Field(0, ge=0, description="Events sent unchanged before the concept change starts.")
+    concept_sigma: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Residual standard deviation for --concept-shift (default: "
+        "the held-out RMSE, from the reference errors of the model card in --models-dir).")
+    models_dir: Path = Field(Path("models"), description="Where the model card is: the task and the residual "
+                                                         "standard deviation for --concept-shift.")
 
 
 @dataclass
@@ -125,10 +148,17 @@ Label = float | str
 
 class Table(Protocol):
     description: str
+    names: list[str]  # the features, in body order
 
     def __len__(self) -> int: ...
 
     def sample(self, index: int) -> tuple[Body, Label]: ...
+
+    def std(self, name: str) -> float | None:
+        """The feature's standard deviation in the table; None for a text column."""
+
+    def labels(self) -> list[Label]:
+        """The distinct targets."""
 
 
 class DiabetesTable:
@@ -141,12 +171,19 @@ class DiabetesTable:
 
         data = load_diabetes()
         self._features, self._targets = data.data, data.target
+        self.names = list(data.feature_names)
 
     def __len__(self) -> int:
         return len(self._targets)
 
     def sample(self, index: int) -> tuple[list[float], float]:
         return self._features[index].tolist(), float(self._targets[index])
+
+    def std(self, name: str) -> float:
+        return float(self._features[:, self.names.index(name)].std())
+
+    def labels(self) -> list[float]:
+        return sorted(set(self._targets.tolist()))
 
 
 class UserTable:
@@ -174,6 +211,16 @@ class UserTable:
             value = next(numbers) if numeric else next(texts)
             body[name] = None if value != value else value  # NaN != NaN: a missing number
         return body, self._targets[index]
+
+    def std(self, name: str) -> float | None:
+        column = self.names.index(name)
+        if not self._numeric[column]:
+            return None
+        values = self._numbers[:, sum(self._numeric[:column])]
+        return float(np.nanstd(values)) if np.isfinite(values).any() else 0.0
+
+    def labels(self) -> list[Label]:
+        return sorted(set(self._targets), key=lambda label: (isinstance(label, str), label))
 
 
 def read_user_table(path: Path, target: str) -> tuple[UserTable, int]:
@@ -264,6 +311,122 @@ def sample_events(table: Table, order: str = "shuffled", seed: int | None = None
     """Endless (body, target) pairs drawn from the table."""
     for index in row_order(len(table), order, seed):
         yield table.sample(index)
+
+
+@dataclass(frozen=True)
+class DriftSimulation:
+    """What `simulate` changes: `shifts` {feature name: amount added} from event `shift_from` on (the
+    first event is 0); from event `concept_from` on, y_true + `concept_delta` (a regression) or, with
+    probability `flip_share`, another label of `classes` (a classification)."""
+
+    names: tuple[str, ...] = ()  # the features in body order, to find a list body's positions
+    shifts: tuple[tuple[str, float], ...] = ()
+    shift_from: int = 0
+    concept_delta: float = 0.0
+    flip_share: float = 0.0
+    classes: tuple[Label, ...] = ()
+    concept_from: int = 0
+
+    @property
+    def changes_concept(self) -> bool:
+        return bool(self.concept_delta or self.flip_share)
+
+
+def simulate(samples: Iterator[tuple[Body, Label]], simulation: DriftSimulation, seed: int | None = None
+             ) -> Iterator[tuple[Body, Label]]:
+    """The samples, with the simulation's shifts and concept change applied from their events on."""
+    rng = np.random.default_rng(seed)
+    positions = [(simulation.names.index(name), name, amount) for name, amount in simulation.shifts]
+    for event, (body, label) in enumerate(samples):
+        if positions and event >= simulation.shift_from:
+            body = shifted(body, positions)
+        if simulation.changes_concept and event >= simulation.concept_from:
+            label = changed_label(label, simulation, rng)
+        yield body, label
+
+
+def shifted(body: Body, positions: list[tuple[int, str, float]]) -> Body:
+    body = list(body) if isinstance(body, list) else dict(body)
+    for position, name, amount in positions:
+        key = position if isinstance(body, list) else name
+        if body[key] is not None:  # a missing value stays missing
+            body[key] = body[key] + amount
+    return body
+
+
+def changed_label(label: Label, simulation: DriftSimulation, rng: np.random.Generator) -> Label:
+    if simulation.concept_delta:
+        return label + simulation.concept_delta
+    others = [other for other in simulation.classes if other != label]
+    if others and rng.random() < simulation.flip_share:
+        return others[int(rng.integers(len(others)))]
+    return label
+
+
+def plan_simulation(settings: Settings, table: Table) -> tuple[DriftSimulation, list[str]] | None:
+    """The simulation the settings ask for and one line per change it makes, or None when they ask
+    for none. Raises DatasetError, with a one-line reason, for what can't be simulated."""
+    names = [name.strip() for name in settings.drift_features.split(",") if name.strip()]
+    if not names and not settings.concept_shift:
+        return None
+    said, shifts = [], []
+    for name in names:
+        if name not in table.names:
+            raise DatasetError(f"--drift-features: {name!r} is not a feature of {table.description} "
+                               f"(its features: {', '.join(table.names)})")
+        std = table.std(name)
+        if std is None:
+            raise DatasetError(f"--drift-features: {name!r} is a text (categorical) feature; only numeric "
+                               f"features can be shifted")
+        shifts.append((name, settings.drift_sigma * std))
+        said.append(f"{name} + {settings.drift_sigma * std:.4g} ({settings.drift_sigma:g} std of {std:.4g}) "
+                    f"from event {settings.drift_from}")
+    simulation = DriftSimulation(names=tuple(table.names), shifts=tuple(shifts), shift_from=settings.drift_from,
+                                 concept_from=settings.concept_from)
+    if settings.concept_shift:
+        simulation, line = plan_concept_shift(settings, table, simulation)
+        said.append(line)
+    return simulation, said
+
+
+def plan_concept_shift(settings: Settings, table: Table, simulation: DriftSimulation) -> tuple[DriftSimulation, str]:
+    card = _card_or_none(settings.models_dir)
+    labels = table.labels()
+    classifies = card.task == "classification" if card else any(isinstance(label, str) for label in labels)
+    shift = settings.concept_shift
+    if classifies:
+        if not 0 < shift <= 1:
+            raise DatasetError(f"--concept-shift {shift:g}: for a classifier it is the share of labels replaced "
+                               f"by another class, between 0 and 1")
+        return (replace(simulation, flip_share=shift, classes=tuple(labels)),
+                f"{shift:.0%} of the labels replaced by another class from event {settings.concept_from}")
+    sigma, source = settings.concept_sigma, "--concept-sigma"
+    if sigma is None:
+        sigma, source = _residual_std(card), "the held-out errors in the model card"
+    if sigma is None:
+        raise DatasetError(f"--concept-shift needs --concept-sigma, or a model card with reference errors in "
+                           f"{settings.models_dir}")
+    return (replace(simulation, concept_delta=shift * sigma),
+            f"y_true + {shift * sigma:.4g} ({shift:g} residual std of {sigma:.4g}, from {source}) "
+            f"from event {settings.concept_from}")
+
+
+def _card_or_none(models_dir: Path):
+    from mlmonitor.model_store import ModelCorrupt, ModelNotReady, read_card
+
+    try:
+        return read_card(models_dir)
+    except (ModelNotReady, ModelCorrupt):
+        return None
+
+
+def _residual_std(card) -> float | None:
+    """The residuals' standard deviation from the held-out absolute errors: their root mean square,
+    √(mean² + std²), which is the held-out RMSE."""
+    errors = (card.reference or {}).get("errors") if card else None
+    if not errors or errors.get("mean") is None or errors.get("std") is None:
+        return None
+    return math.hypot(errors["mean"], errors["std"]) or None
 
 
 class FeatureStreamer:
@@ -416,8 +579,18 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as error:
         print(f"features: error: {error}", file=sys.stderr)
         return 2
+    try:
+        planned = plan_simulation(settings, table)
+    except DatasetError as error:
+        print(f"features: error: {error}", file=sys.stderr)
+        return 2
+    samples = sample_events(table, settings.order, settings.seed)
+    if planned is not None:
+        simulation, said = planned
+        samples = simulate(samples, simulation, settings.seed)
+        log.info("simulating drift: %s", "; ".join(said))
     confirmed_ids = ConfirmedIdsFile(settings.confirmed_ids_file) if settings.confirmed_ids_file else None
-    streamer = FeatureStreamer(settings, sample_events(table, settings.order, settings.seed), confirmed_ids)
+    streamer = FeatureStreamer(settings, samples, confirmed_ids)
     log.info("streaming %s events of %s (%d rows, %s) at %s to %s and %s",
              settings.count or "endless", table.description, len(table), settings.order,
              f"{settings.rate:g}/s" if settings.rate else "full speed", FEATURES, Y_TRUE)

@@ -3,8 +3,10 @@
 Each features body (a list in the card's order, or an object {name: value}) is checked against the
 model card's feature schema; one that doesn't fit goes to `features.dlq` with a reason naming the
 field. Each batch is predicted in one call. A prediction goes to the `predictions` exchange (bound to
-the `y_pred` queue) with the model version; a classifier's is its label, plus the probability of
-each class when the model has them. A delivery is acked once its prediction is confirmed.
+the `y_pred` queue) with the model version and, as `features`, the inputs it was made from (the body
+as received), so the drift monitor's queue on that exchange sees them; a classifier's is its label,
+plus the probability of each class when the model has them. A delivery is acked once its
+prediction is confirmed.
 
 New versions without a restart: a thread watches the card (the pointer to the artifact) and, when
 it changes, loads the new version, checks it and makes one prediction with it, all off the IO
@@ -30,7 +32,7 @@ from pydantic import Field, ValidationError
 
 from mlmonitor.amqp import Delivery, ServiceRunner, Session
 from mlmonitor.logs import EventLog
-from mlmonitor.messages import (FeaturesMessage, InvalidMessage, PredictionMessage, decode,
+from mlmonitor.messages import (FeaturesMessage, InvalidMessage, PredictionMessage, PredictionWithInputs, decode,
                                 describe_validation_error)
 from mlmonitor.model_store import CARD_NAME, ModelCard, ModelCorrupt, ModelNotReady, load_model, read_card
 from mlmonitor.schema import NUMERIC, FeatureSchema
@@ -421,9 +423,9 @@ class Predictor:
         outgoing = []  # every message built before the first is published, so a failure publishes none twice
         for index, ((delivery, message), body) in enumerate(zip(accepted, bodies)):
             try:
-                encoded = PredictionMessage(id=message.id, body=body, model_version=model.version,
-                                            probabilities=probabilities[index] if probabilities else None,
-                                            sent_at=message.sent_at).encode()
+                encoded = PredictionWithInputs(id=message.id, body=body, model_version=model.version,
+                                               probabilities=probabilities[index] if probabilities else None,
+                                               sent_at=message.sent_at, features=message.body).encode()
             except ValidationError as error:
                 session.dead_letter(delivery, f"body: the model's prediction {body!r} can't be published: "
                                               f"{describe_validation_error(error)}")

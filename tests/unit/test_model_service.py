@@ -208,7 +208,8 @@ def test_a_regressor_publishes_floats_with_its_version_to_the_predictions_exchan
     assert {(exchange, key) for exchange, key, _ in session.published} == {(PREDICTIONS_EXCHANGE, Y_PRED)}
     expected = regressor.estimator.predict(DIABETES.data[:5]).tolist()
     assert session.predictions == [{"id": f"e{index}", "body": expected[index], "model_version": "v1",
-                                    "sent_at": 1000.5} for index in range(5)]
+                                    "sent_at": 1000.5, "features": DIABETES.data[index].tolist()}
+                                   for index in range(5)]
 
 
 def test_a_classifier_publishes_the_most_probable_label_and_every_probability(classifier):

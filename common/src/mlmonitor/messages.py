@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, StringConstraints, Tag, ValidationError
 
@@ -116,8 +116,13 @@ class PredictionMessage(Message):
     probabilities: Probabilities | None = None
     model_version: str | None = None
     sent_at: FiniteNumber | None = None
-    # the inputs the prediction was made from, as a features body: how a model served elsewhere,
-    # publishing to the `predictions` exchange, lets a drift monitor see its inputs
+
+
+class PredictionWithInputs(PredictionMessage):
+    """A PredictionMessage with `features`, the inputs it was made from (a features body): what model
+    publishes, and what a model served elsewhere sends to the `predictions` exchange, so that the
+    drift monitor sees them. metric reads it as a PredictionMessage, leaving the inputs undecoded."""
+
     features: FeaturesBody | None = None
 
 
@@ -133,9 +138,46 @@ class MetricAdded(Message):
     probabilities: Probabilities | None = None
     model_version: str | None = None
     sent_at: FiniteNumber | None = None
-    # the inputs the prediction was made from, as a features body: how a model served elsewhere,
-    # publishing to the `predictions` exchange, lets a drift monitor see its inputs
+
+
+class PredictionWithInputs(PredictionMessage):
+    """A PredictionMessage with `features`, the inputs it was made from (a features body): what model
+    publishes, and what a model served elsewhere sends to the `predictions` exchange, so that the
+    drift monitor sees them. metric reads it as a PredictionMessage, leaving the inputs undecoded."""
+
     features: FeaturesBody | None = None
+
+
+class MonitorAlert(Message):
+    """Exchange `monitor_alerts`, routing key `<kind>.<state>` (e.g. `feature_drift.raised`), and one
+    line of `logs/alerts.jsonl`: a drift or degradation alert raised, or resolved, by the drift service.
+
+    `episode` names the alert from its raise to its resolve (model version / detector / events at the
+    raise / a random part); `events` is how many events (one per id) the detector had taken in on its stream when it
+    decided, so the delay of an alert is `events` less the event its change began at; `score` is the
+    detector's statistic over its threshold (it raises at `score` >= `threshold`); `explanation` says
+    why: the chart that fired, the reference, the values since the change began and recent ones.
+    `feature` is the feature's name for feature drift, null otherwise.
+    """
+
+    episode: str
+    kind: Literal["feature_drift", "prediction_drift", "target_drift", "performance"]
+    feature: str | None = None
+    state: Literal["raised", "resolved"]
+    time: str  # ISO 8601, UTC
+    events: int
+    score: float
+    threshold: float
+    model_version: str
+    detector: str
+    explanation: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self.kind}.{self.state}"
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()  # `feature: null` stays: every line has the same fields
 
 
 class InvalidMessage(ValueError):

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from .files import write_atomically
+
 ARTIFACT_NAME = "model.skops"  # the artifact of a card written before versioned names
 CARD_NAME = "model_card.json"
 KEPT_ARTIFACTS = 3
@@ -141,9 +143,9 @@ def save_model(models_dir: Path, estimator, card: ModelCard, *, extra_trusted: S
     card = replace(card, version=version, artifact_sha256=hashlib.sha256(artifact).hexdigest(), artifact=name,
                    trusted_types=needed)
     if published is None:
-        _write_atomically(models_dir / name, artifact)
+        write_atomically(models_dir / name, artifact)
     _mark_newest(models_dir / name)
-    _write_atomically(models_dir / CARD_NAME, json.dumps(asdict(card), indent=2).encode())
+    write_atomically(models_dir / CARD_NAME, json.dumps(asdict(card), indent=2).encode())
     _prune_artifacts(models_dir, keep=name)
     return card
 
@@ -225,29 +227,6 @@ def _artifact_the_card_vouches_for(models_dir: Path, name: str) -> bytes | None:
     except (ModelNotReady, ModelCorrupt, OSError):
         return None
     return artifact if hashlib.sha256(artifact).hexdigest() == current.artifact_sha256 else None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename, fsync of the folder: the path holds the old bytes or the new."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _artifacts(models_dir: Path) -> list[Path]:

@@ -82,26 +82,43 @@ class FeatureSchema:
     def describe(self) -> str:
         return _names(self.names)
 
-    def values(self, body: list | dict) -> list[Any]:
-        """The body's values in schema order: floats (NaN for a missing number) and strings (None for
-        a missing category). Raises InvalidMessage naming the first field that doesn't fit."""
-        if isinstance(body, dict):
-            return self._values_of_object(body)
-        if len(body) != len(self.features):
-            raise InvalidMessage(f"body: expected {len(self.features)} features ({self.describe()}), got {len(body)}")
-        return [self._value(spec, value, f"body.{index} ({spec.name})")
-                for index, (spec, value) in enumerate(zip(self.features, body))]
+    def values(self, body: list | dict, where: str = "body") -> list[Any]:
+        """The body's values in schema order, as the model takes them: floats (NaN for a missing
+        number) and strings (None for a missing category). Raises InvalidMessage naming the first
+        field that doesn't fit the model."""
+        return [self._value(spec, value, place) for spec, value, place in self._located(body, where)]
 
-    def _values_of_object(self, body: dict) -> list[Any]:
-        missing = [spec.name for spec in self.features if spec.name not in body]
-        if missing:
-            raise InvalidMessage(f"body: missing column{'s' * (len(missing) > 1)} {_names(missing)}")
+    def observed(self, body: list | dict, where: str = "body") -> list[Any]:
+        """The body's values in schema order as a drift monitor watches them: floats, category names
+        (label_key), None where missing; a missing value or an unseen category is drift to count,
+        not an error. Raises InvalidMessage for a body of another shape or a string in a numeric column."""
+        observed = []
+        for spec, value, place in self._located(body, where):
+            if value is None or spec.kind == CATEGORICAL:
+                observed.append(None if value is None else label_key(value))
+            elif isinstance(value, str):
+                raise InvalidMessage(f"{place}: expected a number, got a string")
+            else:
+                observed.append(value)
+        return observed
+
+    def _located(self, body: list | dict, where: str) -> list[tuple[FeatureSpec, Any, str]]:
+        """(spec, value, its place in the message) per feature; raises InvalidMessage when a list has
+        another length, or an object misses a column or has one the model doesn't know."""
+        if isinstance(body, dict):
+            missing = [spec.name for spec in self.features if spec.name not in body]
+            if missing:
+                raise InvalidMessage(f"{where}: missing column{'s' * (len(missing) > 1)} {_names(missing)}")
+            if len(body) != len(self.features):
+                known = set(self.names)
+                extra = [name for name in body if name not in known]
+                raise InvalidMessage(f"{where}: unknown column{'s' * (len(extra) > 1)} {_names(extra)} "
+                                     f"(the model takes {self.describe()})")
+            return [(spec, body[spec.name], f"{where}.{spec.name}") for spec in self.features]
         if len(body) != len(self.features):
-            known = set(self.names)
-            extra = [name for name in body if name not in known]
-            raise InvalidMessage(f"body: unknown column{'s' * (len(extra) > 1)} {_names(extra)} "
-                                 f"(the model takes {self.describe()})")
-        return [self._value(spec, body[spec.name], f"body.{spec.name}") for spec in self.features]
+            raise InvalidMessage(f"{where}: expected {len(self.features)} features ({self.describe()}), got {len(body)}")
+        return [(spec, value, f"{where}.{index} ({spec.name})")
+                for index, (spec, value) in enumerate(zip(self.features, body))]
 
     def _value(self, spec: FeatureSpec, value: Any, where: str) -> Any:
         if value is None:

@@ -1,0 +1,184 @@
+"""The drift service alone against the real broker, with a trained model's card: predictions with their
+inputs on the `predictions` exchange, joined pairs on `metric_events`. A stationary stream raises
+nothing; a shifted feature raises one feature_drift alert, in alerts.jsonl and on monitor_alerts; a
+SIGKILL mid-stream neither raises the open alert again nor loses or double-counts an event."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pika
+import pytest
+from sklearn.datasets import load_diabetes
+
+from broker import connect, drain
+from mlmonitor.model_store import load_model
+from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTIONS, METRIC_EVENTS_EXCHANGE, MONITOR_ALERTS_EXCHANGE, \
+    PREDICTIONS_EXCHANGE
+from service_harness import assert_alive, output_of, wait_for_consumers, wait_for_dead_letters, wait_for_output
+from waiting import wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
+
+DIABETES = load_diabetes()
+BMI = DIABETES.feature_names.index("bmi")
+BMI_STD = float(DIABETES.data[:, BMI].std())
+RAISED_ALERTS = "test.feature_drift.raised"  # a notifier's queue, bound to monitor_alerts
+
+
+class Stream:
+    """Events replaying the diabetes population in a seeded order, bmi moved by 1 std from `shift_from`;
+    the predictions are the trained model's on the unshifted inputs, so only the feature drifts."""
+
+    def __init__(self, models_dir: Path, count: int, shift_from: int | None = None, seed: int = 5):
+        estimator, _ = load_model(models_dir)
+        rows = np.random.default_rng(seed).integers(len(DIABETES.target), size=count)
+        self.features = DIABETES.data[rows].copy()
+        self.predictions = estimator.predict(self.features)
+        if shift_from is not None:
+            self.features[shift_from:, BMI] += BMI_STD
+        self.targets = DIABETES.target[rows]
+        self.ids = [str(uuid.uuid4()) for _ in range(count)]
+
+    def publish(self, amqp_url: str, events: range) -> None:
+        connection = connect(amqp_url)
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            persistent = pika.BasicProperties(delivery_mode=2)
+            for event in events:
+                id, y_pred, y_true = self.ids[event], float(self.predictions[event]), float(self.targets[event])
+                prediction = {"id": id, "body": y_pred, "model_version": "m", "features": self.features[event].tolist()}
+                joined = {"id": id, "y_true": y_true, "y_pred": y_pred, "absolute_error": abs(y_true - y_pred)}
+                channel.basic_publish(PREDICTIONS_EXCHANGE, "y_pred", json.dumps(prediction).encode(), persistent)
+                channel.basic_publish(METRIC_EVENTS_EXCHANGE, "", json.dumps(joined).encode(), persistent)
+        finally:
+            connection.close()
+
+
+def bind_notifier(amqp_url: str) -> None:
+    """What a user's notifier does: its own queue on monitor_alerts, bound to the key it cares about."""
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        channel.exchange_declare(MONITOR_ALERTS_EXCHANGE, "topic", durable=True)
+        channel.queue_declare(RAISED_ALERTS, durable=True)
+        channel.queue_bind(RAISED_ALERTS, MONITOR_ALERTS_EXCHANGE, "feature_drift.raised")
+    finally:
+        connection.close()
+
+
+def alert_lines(logs_dir: Path) -> list[dict]:
+    path = logs_dir / "alerts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def summary(logs_dir: Path) -> dict:
+    try:
+        return json.loads((logs_dir / "drift_summary.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def wait_for_events(logs_dir: Path, count: int, timeout: float = 60) -> dict:
+    """The summary once each stream has counted `count` ids; fails on more."""
+    def counted():
+        events = summary(logs_dir).get("events", {})
+        assert events.get("predictions", 0) <= count and events.get("outcomes", 0) <= count, events
+        return events == {"predictions": count, "outcomes": count}
+
+    wait_until(counted, timeout, interval=0.2, message=f"drift to count {count} events on each stream")
+    return summary(logs_dir)
+
+
+def start_drift(pipeline, amqp_url: str):
+    process = pipeline.start("drift", env={"NICE": "0"})
+    wait_for_consumers(amqp_url, DRIFT_PREDICTIONS, DRIFT_EVENTS)  # it consumes once the detectors are calibrated
+    return process
+
+
+def test_a_stationary_stream_raises_nothing(pipeline, amqp_url, trained_model, logs_dir):
+    bind_notifier(amqp_url)
+    start_drift(pipeline, amqp_url)
+    stream = Stream(trained_model, 1000)
+    stream.publish(amqp_url, range(1000))
+
+    state = wait_for_events(logs_dir, 1000)
+    assert alert_lines(logs_dir) == []
+    assert drain(amqp_url, RAISED_ALERTS) == []
+    assert {detector["state"] for detector in state["detectors"]} == {"normal"}
+    assert {detector["detector"]: detector["events"] for detector in state["detectors"]} == {
+        **{f"feature.{name}": 1000 for name in DIABETES.feature_names}, "prediction": 1000, "target": 1000,
+        "performance": 1000}
+    assert_alive(pipeline, "drift")
+
+
+def test_a_shifted_feature_raises_one_alert_in_the_log_and_on_monitor_alerts(pipeline, amqp_url, trained_model,
+                                                                             logs_dir):
+    bind_notifier(amqp_url)
+    start_drift(pipeline, amqp_url)
+    stream = Stream(trained_model, 1000, shift_from=300)
+    stream.publish(amqp_url, range(1000))
+
+    wait_for_events(logs_dir, 1000)
+    wait_until(lambda: alert_lines(logs_dir), 10, message="an alert line")
+    [line] = alert_lines(logs_dir)
+    assert (line["kind"], line["feature"], line["state"], line["detector"]) == ("feature_drift", "bmi", "raised",
+                                                                                "feature.bmi")
+    assert 300 < line["events"] < 600, f"raised after {line['events']} events, the shift began after 300"
+    assert line["score"] >= line["threshold"] == 1.0
+    assert line["model_version"] == json.loads((trained_model / "model_card.json").read_text())["version"]
+    assert line["explanation"]["since"]["mean"] > line["explanation"]["reference"]["mean"] + 0.5 * BMI_STD
+    [(body, _)] = wait_until(lambda: drain(amqp_url, RAISED_ALERTS), 10, message="the alert on monitor_alerts")
+    assert json.loads(body) == line
+    wait_for_output(pipeline, "drift", "raised feature_drift alert for bmi after")
+
+
+def test_a_kill_mid_stream_neither_raises_the_open_alert_again_nor_loses_an_event(pipeline, amqp_url, trained_model,
+                                                                                logs_dir):
+    bind_notifier(amqp_url)
+    start_drift(pipeline, amqp_url)
+    stream = Stream(trained_model, 4000, shift_from=300)
+    stream.publish(amqp_url, range(1500))
+    wait_until(lambda: alert_lines(logs_dir), 60, message="the bmi alert")
+    publisher = threading.Thread(target=stream.publish, args=(amqp_url, range(1500, 4000)))
+    publisher.start()
+    try:
+        wait_until(lambda: summary(logs_dir).get("events", {}).get("predictions", 0) > 1700, 60,
+                   message="drift to take in part of the second half")
+        pipeline.kill("drift", signal.SIGKILL)
+        start_drift(pipeline, amqp_url)
+    finally:
+        publisher.join(120)
+    stream.publish(amqp_url, range(1000, 1100))  # published again by an upstream that restarted
+
+    state = wait_for_events(logs_dir, 4000)
+    assert "carrying on from" in output_of(pipeline, "drift")
+    raised = [(line["detector"], line["state"]) for line in alert_lines(logs_dir) if line["kind"] == "feature_drift"]
+    assert raised == [("feature.bmi", "raised")]
+    assert [json.loads(body)["feature"] for body, _ in drain(amqp_url, RAISED_ALERTS)] == ["bmi"]
+    bmi = next(detector for detector in state["detectors"] if detector["feature"] == "bmi")
+    assert (bmi["events"], bmi["state"]) == (4000, "raised")
+    assert_alive(pipeline, "drift")
+
+
+def test_a_prediction_whose_inputs_do_not_fit_the_card_is_dead_lettered_with_the_reason(pipeline, amqp_url,
+                                                                                        trained_model):
+    start_drift(pipeline, amqp_url)
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        body = {"id": "short", "body": 150.0, "features": [0.1, 0.2]}
+        channel.basic_publish(PREDICTIONS_EXCHANGE, "y_pred", json.dumps(body).encode(),
+                              pika.BasicProperties(delivery_mode=2))
+    finally:
+        connection.close()
+    [(_, reason)] = wait_for_dead_letters(amqp_url, DRIFT_PREDICTIONS, 1)
+    assert reason.startswith("features: expected 10 features ('age', 'sex', 'bmi'")
+    assert_alive(pipeline, "drift")

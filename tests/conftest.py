@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-for service in ("features", "model", "metric", "plot", "learn_model", "dashboard"):
+for service in ("features", "model", "metric", "plot", "learn_model", "dashboard", "drift"):
     sys.path.insert(0, str(ROOT / service / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))

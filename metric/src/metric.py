@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("appending to %s, which holds %d rows", metric_log.path, len(metric_log.written_ids))
     joiner = MetricJoiner(settings, metric_log)
     try:
-        return run_worker(joiner, settings.amqp_url)
+        return run_worker(joiner, settings.amqp_url, max_message_bytes=settings.max_message_bytes)
     finally:
         joiner.close()
         metric_log.close()

@@ -1,10 +1,12 @@
 """prometheus/prometheus.yml scrapes every service that serves /metrics in docker-compose.yml, on
-the port that service listens on, and nothing that isn't there."""
+the port that service listens on, and nothing that isn't there; it loads the alert rules beside it,
+which alert on dead letters left waiting."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +55,42 @@ def test_prometheus_service_mounts_this_config():
     compose_file = compose()
     service = compose_file["services"]["prometheus"]
     assert service["image"].startswith("prom/prometheus:")
-    (config,) = service["configs"]
-    assert config["target"] == "/etc/prometheus/prometheus.yml"
+    (config,) = [config for config in service["configs"] if config["target"] == "/etc/prometheus/prometheus.yml"]
     assert compose_file["configs"][config["source"]]["file"] == "./prometheus/prometheus.yml"
+
+
+def prometheus_config() -> dict:
+    return yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+
+
+def alert_rules() -> list[dict]:
+    rules = []
+    for rule_file in prometheus_config().get("rule_files", []):
+        groups = yaml.safe_load((ROOT / "prometheus" / rule_file).read_text())["groups"]
+        rules += [rule for group in groups for rule in group["rules"]]
+    return rules
+
+
+def test_the_config_loads_alert_rules_from_files_beside_it():
+    rule_files = prometheus_config().get("rule_files", [])
+    assert rule_files, "no rule_files in prometheus.yml"
+    for rule_file in rule_files:
+        assert "/" not in rule_file and (ROOT / "prometheus" / rule_file).is_file(), rule_file
+
+
+def test_dead_letters_waiting_raise_an_alert_on_the_gauge_the_runtime_exports():
+    from mlmonitor.observability import DEAD_LETTER_QUEUE_MESSAGES
+
+    alerts = {rule["alert"]: rule for rule in alert_rules() if "alert" in rule}
+    rule = alerts["DeadLettersWaiting"]
+    assert DEAD_LETTER_QUEUE_MESSAGES._name in rule["expr"] and rule["expr"].rstrip().endswith("> 0")
+    assert rule["for"] == "5m"
+    assert rule["labels"]["severity"] and "scripts/dead_letters.py" in rule["annotations"]["description"]
+
+
+def test_compose_mounts_every_rule_file_beside_the_config():
+    compose_file = compose()
+    targets = {config["target"]: compose_file["configs"][config["source"]]["file"]
+               for config in compose_file["services"]["prometheus"]["configs"]}
+    for rule_file in prometheus_config()["rule_files"]:
+        assert targets.get(f"/etc/prometheus/{rule_file}") == f"./prometheus/{rule_file}", rule_file

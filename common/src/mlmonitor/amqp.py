@@ -7,6 +7,9 @@ The rules it keeps for every service:
   Acks of consecutive deliveries are coalesced into one `multiple=True` ack per loop turn.
 - Bad input goes to `<queue>.dlq` with its reason in a header; the original is acked once the
   dead-letter copy is confirmed, so a rejected message is never lost and never blocks the queue.
+- Hostile input is refused before the worker sees it: a body over MAX_MESSAGE_BYTES (pika keeps only
+  its first bytes as it arrives) and a message whose AMQP properties can't be decoded go to the DLQ
+  with their reason. Every consumer reports the depth of its queues' DLQs as a Prometheus gauge.
 - A worker bug is logged with its traceback; the batch is retried one message at a time and only
   the messages that still fail are dead-lettered.
 - Connection lost: the worker drops its in-flight state (the broker redelivers whatever was not
@@ -20,17 +23,22 @@ from __future__ import annotations
 
 import logging
 import signal
+import struct
 import time
 import traceback
 from typing import Callable, Protocol, Sequence
 
 import pika
+import pika.frame
 from pika.adapters.select_connection import IOLoop
-from pika.exceptions import AMQPError, ProbableAuthenticationError
+from pika.channel import ContentFrameAssembler
+from pika.exceptions import AMQPError, BodyTooLongError, ProbableAuthenticationError
 from pika.spec import Basic
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import observability
 from .messages import InvalidMessage, MessageT, decode
+from .settings import ConsumerSettings
 from .topology import PIPELINE, REASON_HEADER, SOURCE_QUEUE_HEADER, Topology, dead_letter_queue, declare
 
 log = logging.getLogger("mlmonitor.amqp")
@@ -67,7 +75,139 @@ def coalesce_socket_writes() -> None:
 
 
 coalesce_socket_writes()
+
+TRUNCATED_KEEP_BYTES = 64 * 1024  # what a dead letter keeps of a body over the cap
+ORIGINAL_SIZE_HEADER = "x-original-body-bytes"  # on a dead letter cut short: the size the body had
+_ASSEMBLER_INTERNALS = ("_header_frame", "_seen_so_far", "_body_fragments", "_finish", "_handle_body_frame")
+
+
+class OversizedBody(bytes):
+    """The first bytes of a message body over a consumer's cap; `size` is the whole body's, as its
+    content header announced it. The rest was dropped frame by frame as it arrived."""
+
+    size: int
+
+    def __new__(cls, prefix: bytes, size: int) -> OversizedBody:
+        body = super().__new__(cls, prefix)
+        body.size = size
+        return body
+
+
+class _CappedContentAssembler(ContentFrameAssembler):
+    """pika's assembler of a channel's content frames, except that of a body over `max_body_bytes`
+    it keeps only the first TRUNCATED_KEEP_BYTES: pika holds every fragment of a body and then joins
+    them, so a 100 MB message costs 200 MB before any callback could refuse it."""
+
+    def __init__(self, max_body_bytes: int):
+        super().__init__()
+        self.max_body_bytes = max_body_bytes
+        self.keep_bytes = min(max_body_bytes, TRUNCATED_KEEP_BYTES)
+
+    def _handle_body_frame(self, body_frame):
+        size = self._header_frame.body_size
+        if size <= self.max_body_bytes:
+            return super()._handle_body_frame(body_frame)
+        fragment = body_frame.fragment
+        room = self.keep_bytes - sum(map(len, self._body_fragments))
+        if room > 0:
+            self._body_fragments.append(fragment[:room])
+        self._seen_so_far += len(fragment)
+        if self._seen_so_far > size:
+            raise BodyTooLongError(self._seen_so_far, size)
+        if self._seen_so_far < size:
+            return None
+        method, header, prefix = self._finish()
+        return method, header, OversizedBody(prefix, size)
+
+
+def cap_message_bodies(channel, max_body_bytes: int) -> bool:
+    """Makes `channel` hold at most the first bytes of a body over `max_body_bytes` (an OversizedBody).
+    False on a pika without the internals this replaces: bodies then come whole, and are refused whole."""
+    assembler = getattr(channel, "_content_assembler", None)
+    if type(assembler) is not ContentFrameAssembler or not all(hasattr(assembler, name)
+                                                               for name in _ASSEMBLER_INTERNALS):
+        return False
+    channel._content_assembler = _CappedContentAssembler(max_body_bytes)
+    return True
+
+
+class UnreadableProperties(pika.BasicProperties):
+    """Stands for the properties of a message whose content header pika can't decode; `problem` says
+    why, in one line."""
+
+    def __init__(self, problem: str):
+        super().__init__()
+        self.problem = problem
+
+
+def tolerate_unreadable_properties() -> None:
+    """pika decodes a message's headers recursively, in the IO loop: headers nested a few hundred
+    deep raise RecursionError there and drop the connection, and the message, redelivered, drops it
+    again, for ever. This decodes such a content header as UnreadableProperties instead, so the
+    consumer dead-letters the message. Installed once, at import; a pika without the expected
+    internals is left alone."""
+    decode_frame = getattr(pika.frame, "decode_frame", None)
+    if decode_frame is None or getattr(decode_frame, "tolerant", False):
+        return
+
+    def tolerant_decode_frame(data_in):
+        try:
+            return decode_frame(data_in)
+        except Exception as error:  # RecursionError among them
+            header = _content_header_without_properties(data_in, error)
+            if header is None:
+                raise
+            return header
+
+    tolerant_decode_frame.tolerant = True
+    pika.frame.decode_frame = tolerant_decode_frame
+
+
+def _content_header_without_properties(data_in: bytes, error: Exception):
+    """(bytes consumed, a Header frame with UnreadableProperties) for a whole, well-framed content
+    header of class Basic; None for anything else, which pika's error then covers."""
+    spec = pika.spec
+    try:
+        frame_type, channel_number, frame_size = struct.unpack_from(">BHL", data_in)
+        frame_end = spec.FRAME_HEADER_SIZE + frame_size + spec.FRAME_END_SIZE
+        if frame_type != spec.FRAME_HEADER or len(data_in) < frame_end or data_in[frame_end - 1] != spec.FRAME_END:
+            return None
+        class_id, _weight, body_size = struct.unpack_from(">HHQ", data_in, spec.FRAME_HEADER_SIZE)
+    except struct.error:
+        return None
+    if class_id != spec.BasicProperties.INDEX:
+        return None
+    why = "nested too deeply" if isinstance(error, RecursionError) else " ".join(str(error).split())[:200]
+    problem = f"its AMQP properties can't be decoded ({type(error).__name__}: {why})"
+    return frame_end, pika.frame.Header(channel_number, body_size, UnreadableProperties(problem))
+
+
+tolerate_unreadable_properties()
+
+
+class _MessageLimits(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+
+    max_message_bytes: int = ConsumerSettings.model_fields["max_message_bytes"]
+
+
+def max_message_bytes_from_environment() -> int:
+    """MAX_MESSAGE_BYTES as ConsumerSettings checks it, or its default: what every consumer applies
+    unless its runner is given another cap."""
+    return _MessageLimits().max_message_bytes
+
+
 HOUSEKEEPING_SECONDS = 0.2
+DEAD_LETTER_POLL_SECONDS = 5.0
+MAX_REASON_CHARACTERS = 500
+
+
+def one_line_reason(reason: str) -> str:
+    """A rejection reason as the dead letter's header and the log carry it, whatever the worker gave:
+    control characters escaped, at most MAX_REASON_CHARACTERS."""
+    if not reason.isprintable():
+        reason = "".join(character if character.isprintable() else repr(character)[1:-1] for character in reason)
+    return reason if len(reason) <= MAX_REASON_CHARACTERS else reason[:MAX_REASON_CHARACTERS - 1] + "…"
 
 
 class Worker(Protocol):
@@ -168,15 +308,39 @@ class _Consumer:
         self._channel = channel
         self.acks = _AckTracker(channel, session.ioloop)
         self._batch: list[Delivery] = []
+        self._max_bytes = session.runner.max_message_bytes
         self._consumed = observability.MESSAGES_CONSUMED.labels(queue)
         self._batch_seconds = observability.BATCH_SECONDS.labels(queue)
 
     def on_message(self, _channel, method, properties, body: bytes) -> None:
         self.acks.received(method.delivery_tag)
-        self._batch.append(Delivery(self._queue, body, properties.headers, method.redelivered,
-                                    method.delivery_tag, self.acks))
+        delivery = Delivery(self._queue, body, properties.headers, method.redelivered, method.delivery_tag,
+                            self.acks)
+        if self._refuse_unread(delivery, properties):
+            return
+        self._batch.append(delivery)
         if len(self._batch) == 1:
             self._session.ioloop.call_later(0, self._dispatch)
+
+    def _refuse_unread(self, delivery: Delivery, properties) -> bool:
+        """Dead-letters, before the worker could parse it, a message over the cap or whose properties
+        could not be decoded. A copy cut short says so, and how big the body was, in its headers."""
+        body = delivery.body
+        size = body.size if isinstance(body, OversizedBody) else len(body)
+        problems, headers = [], {}
+        if isinstance(properties, UnreadableProperties):
+            problems.append(properties.problem)
+        if size > self._max_bytes:
+            problems.append(f"message of {size} bytes is over MAX_MESSAGE_BYTES ({self._max_bytes})")
+        if isinstance(body, OversizedBody):
+            problems[-1] += f"; this copy keeps its first {len(body)} bytes"
+            headers[ORIGINAL_SIZE_HEADER] = size
+            delivery.body = bytes(body)
+        if not problems:
+            return False
+        self._consumed.inc()
+        self._session.dead_letter(delivery, "; ".join(problems), headers)
+        return True
 
     def _dispatch(self) -> None:
         batch, self._batch = self._batch, []
@@ -276,6 +440,7 @@ class Session:
         self._closing = False
         self._consumers: list[_Consumer] = []
         self._publisher: _Publisher | None = None
+        self._dead_letter_queues: list[str] = []  # of the queues consumed, each polled for its depth
         self.failure: BaseException | None = None
         self._connections = [
             pika.SelectConnection(parameters, on_open_callback=self._on_connection_open,
@@ -289,8 +454,14 @@ class Session:
     # --- the worker's API -------------------------------------------------------------------
 
     def consume(self, queue: str, on_batch: Callable[[list[Delivery]], None], prefetch: int) -> None:
+        """Hands `on_batch` the deliveries of `queue`, except those the runtime refuses unread (over
+        the runner's max_message_bytes, or with undecodable properties), which go to its DLQ."""
+
         def on_channel_open(channel):
             channel.add_on_close_callback(self._on_channel_closed)
+            if not cap_message_bodies(channel, self.runner.max_message_bytes):
+                log.warning("this pika has no ContentFrameAssembler as expected: a message over "
+                            "MAX_MESSAGE_BYTES is held whole before it is refused")
             consumer = _Consumer(self, queue, on_batch, channel)
             self._consumers.append(consumer)
             channel.basic_qos(prefetch_count=prefetch,
@@ -299,6 +470,7 @@ class Session:
         if not self._consume_connection.is_open:
             return  # closed right after opening: the session is ending and the runner reconnects
         self._consume_connection.channel(on_open_callback=on_channel_open)
+        self._watch_dead_letters_of(queue)
 
     def publish(self, exchange: str, routing_key: str, body: bytes, on_confirmed: Callable[[], None] | None = None,
                 headers: dict | None = None) -> None:
@@ -306,13 +478,14 @@ class Session:
             return  # closing: nothing from this session gets acked, so the inputs come back
         self._publisher.publish(exchange, routing_key, body, headers, on_confirmed)
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str, headers: dict | None = None) -> None:
+        """Moves the delivery to `<queue>.dlq` with `reason` (and `headers`, if given) in its headers."""
         if not self.is_open or delivery.dead_lettered:
             return  # closing, or rejected already (in a batch that hit a bug and is retried singly)
         delivery.dead_lettered = True
         dlq = dead_letter_queue(delivery.queue)
-        headers = dict(delivery.headers)
-        headers.update({REASON_HEADER: reason, SOURCE_QUEUE_HEADER: delivery.queue})
+        reason = one_line_reason(reason)
+        headers = {**delivery.headers, **(headers or {}), REASON_HEADER: reason, SOURCE_QUEUE_HEADER: delivery.queue}
         self.runner.rejections.event("rejected a message from %s into %s: %s", delivery.queue, dlq, reason)
         observability.MESSAGES_DEAD_LETTERED.labels(delivery.queue).inc()
         self._publisher.publish("", dlq, delivery.body, headers, delivery.ack)
@@ -326,12 +499,21 @@ class Session:
         """Every `interval` seconds, `on_depths({queue: ready messages})`, read by passive declares
         on a channel of its own. A queue that has gone missing closes the session, and the
         reconnect declares it again."""
+        queues = list(dict.fromkeys(queues))
+        self._watch_depths(lambda: queues, interval, on_depths)
+
+    def _watch_depths(self, queues_now: Callable[[], list[str]], interval: float,
+                      on_depths: Callable[[dict[str, int]], None]) -> None:
+        """As watch_queue_depths, for the distinct queues `queues_now()` names at each poll."""
 
         def on_channel_open(channel):
             channel.add_on_close_callback(self._on_channel_closed)
             poll(channel)
 
         def poll(channel):
+            if not self.is_open:
+                return
+            queues = queues_now()
             depths: dict[str, int] = {}
 
             def on_declared(frame):
@@ -340,12 +522,24 @@ class Session:
                     self.run_safely(lambda: on_depths(depths))
                     self.call_later(interval, lambda: poll(channel))
 
-            if self.is_open:
-                for queue in queues:
-                    channel.queue_declare(queue, passive=True, callback=on_declared)
+            if not queues:
+                self.call_later(interval, lambda: poll(channel))
+            for queue in queues:
+                channel.queue_declare(queue, passive=True, callback=on_declared)
 
         if self._consume_connection.is_open:
             self._consume_connection.channel(on_open_callback=on_channel_open)
+
+    def _watch_dead_letters_of(self, queue: str) -> None:
+        """Adds the queue's DLQ, if the topology declares one, to those whose depth this session
+        reports as mlmonitor_dead_letter_queue_messages, polled on one channel for all of them."""
+        spec = next((spec for spec in self.runner.topology.queues if spec.name == queue), None)
+        if spec is None or not spec.dead_letters or spec.dlq in self._dead_letter_queues:
+            return
+        self._dead_letter_queues.append(spec.dlq)
+        if len(self._dead_letter_queues) == 1:
+            self._watch_depths(lambda: list(self._dead_letter_queues), self.runner.dead_letter_poll_seconds,
+                               observability.show_dead_letter_depths)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         """Runs `callback` after `delay` seconds unless the session has closed by then."""
@@ -438,16 +632,23 @@ class Session:
 
 
 class ServiceRunner:
-    """Connects, declares the topology, runs the worker, reconnects when the broker goes away."""
+    """Connects, declares the topology, runs the worker, reconnects when the broker goes away.
+
+    `max_message_bytes` caps every consumed message (MAX_MESSAGE_BYTES from the environment when not
+    given); the depth of each consumed queue's DLQ is polled every `dead_letter_poll_seconds`."""
 
     def __init__(self, worker: Worker | None, amqp_url: str, topology: Topology = PIPELINE,
-                 backoff: Backoff | None = None):
+                 backoff: Backoff | None = None, max_message_bytes: int | None = None,
+                 dead_letter_poll_seconds: float = DEAD_LETTER_POLL_SECONDS):
         from .logs import EventLog
 
         self.worker = worker
         self.parameters = pika.URLParameters(amqp_url)
         self.topology = topology
         self.backoff = backoff or Backoff()
+        self.max_message_bytes = (max_message_bytes_from_environment() if max_message_bytes is None
+                                  else max_message_bytes)
+        self.dead_letter_poll_seconds = dead_letter_poll_seconds
         self.stop_requested = False
         self.exit_code = 0
         self.rejections = EventLog(log, "messages dead-lettered")
@@ -506,8 +707,9 @@ class ServiceRunner:
             time.sleep(min(0.1, deadline - time.monotonic()))
 
 
-def run_worker(worker: Worker, amqp_url: str, topology: Topology = PIPELINE) -> int:
-    runner = ServiceRunner(worker, amqp_url, topology)
+def run_worker(worker: Worker, amqp_url: str, topology: Topology = PIPELINE, max_message_bytes: int | None = None
+               ) -> int:
+    runner = ServiceRunner(worker, amqp_url, topology, max_message_bytes=max_message_bytes)
     runner.install_signal_handlers()
     return runner.run()
 

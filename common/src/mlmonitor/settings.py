@@ -85,10 +85,10 @@ class ServiceSettings(CommonSettings):
 
 class ConsumerSettings(ServiceSettings):
     prefetch: int = Field(500, ge=1, le=65535, description="Unacknowledged messages the broker may hand us at once.")
-    # read from the environment by the shared runtime (mlmonitor.amqp), so every consumer applies it
+    # the shared runtime (mlmonitor.amqp.ServiceRunner) reads MAX_MESSAGE_BYTES itself unless given the value
     max_message_bytes: int = Field(1 << 20, ge=1, description="Largest message body taken from a queue, checked "
                                    "before anything is parsed; a bigger one goes to <queue>.dlq with its reason, "
-                                   "cut to its first 64 KiB. The env var MAX_MESSAGE_BYTES is what counts.")
+                                   "cut to its first 64 KiB.")
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)

@@ -17,6 +17,7 @@ both halves of a pair that can't be scored (see `score`), with the reason why.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections import deque
@@ -124,7 +125,10 @@ def score(y_true: TargetMessage, y_pred: PredictionMessage, task: str) -> Metric
             why = "TASK=regression" if task == REGRESSION else "TASK=auto, and y_pred is a number without probabilities"
             return (f"{name}: can't score the text {label!r} as a regression ({why}); for numeric class labels "
                     f"without probabilities set TASK=classification on metric")
-    return MetricRow(y_true.id, y_true.body, y_pred.body, regression_error(y_true.body, y_pred.body))
+    error = regression_error(y_true.body, y_pred.body)
+    if not math.isfinite(error):
+        return f"y_pred: |y_true - y_pred| = |{y_true.body!r} - {y_pred.body!r}| overflows a float"
+    return MetricRow(y_true.id, y_true.body, y_pred.body, error)
 
 
 @dataclass

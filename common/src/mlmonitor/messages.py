@@ -29,7 +29,12 @@ def _normalise_id(value: Any) -> str:
     if isinstance(value, bool):
         raise ValueError("id must be a string or a number, not a boolean")
     if isinstance(value, int):
-        return str(value)
+        if value.bit_length() > 3 * MAX_ID_LENGTH:  # over 200 digits, without printing a huge number
+            raise ValueError(f"id must be 1 to {MAX_ID_LENGTH} characters")
+        text = str(value)
+        if len(text) > MAX_ID_LENGTH:
+            raise ValueError(f"id must be 1 to {MAX_ID_LENGTH} characters")
+        return text
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("id must be finite")

@@ -24,6 +24,7 @@ from .tasks import label_key
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 MAX_NAMES_SHOWN = 8
+MAX_NAME_SHOWN = 40  # characters of one name in a reason, which must stay under 500
 
 
 @dataclass(frozen=True)
@@ -151,5 +152,6 @@ class FeatureSchema:
 
 
 def _names(names: Sequence[str]) -> str:
-    shown = ", ".join(repr(name) for name in names[:MAX_NAMES_SHOWN])
+    shown = ", ".join(repr(name) if len(name) <= MAX_NAME_SHOWN else repr(name[:MAX_NAME_SHOWN]) + "…"
+                      for name in names[:MAX_NAMES_SHOWN])
     return shown + (f" and {len(names) - MAX_NAMES_SHOWN} more" if len(names) > MAX_NAMES_SHOWN else "")

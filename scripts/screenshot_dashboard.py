@@ -23,7 +23,8 @@ def shown_count(driver) -> int:
 
 def wait_until_live(driver, min_count: int, timeout: float) -> None:
     WebDriverWait(driver, timeout).until(
-        lambda d: d.find_element(By.ID, "connection").text == "live" and shown_count(d) >= min_count,
+        lambda d: d.find_element(By.ID, "connection").text == "live" and shown_count(d) >= min_count
+        and not d.find_element(By.ID, "drift-status").text.endswith("…"),  # the drift panel has drawn
         message=f"the page to be live with at least {min_count} events")
 
 

@@ -16,7 +16,9 @@ Which figures it keeps, a regressor's or a classifier's: the setting TASK, else 
 appears, or the first text label or probabilities arrive), the board starts again and counts the
 whole CSV under the new task.
 
-Also serves GET /api/summary (JSON) and GET /metrics (Prometheus) on the same port; see web.py.
+Also serves GET /api/summary (JSON), GET /api/drift (the drift service's detectors and alerts, read
+from logs/drift_summary.json and logs/alerts.jsonl: drift_view.py) and GET /metrics (Prometheus) on
+the same port; see web.py.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ from mlmonitor.observability import serve_metrics
 from mlmonitor.settings import ConsumerSettings, load_settings, secret_field
 from mlmonitor.topology import DASHBOARD_EVENTS, METRIC_EVENTS_EXCHANGE, PIPELINE, QueueSpec, Topology
 from mlmonitor.tasks import CLASSIFICATION, REGRESSION
+from drift_view import DriftView
 from quality import Observation, QualityBoard, TaskHint
 from upstream import UpstreamMetrics
 from web import BasicAuth, WebServer, create_app, warn_if_exposed
 
 log = logging.getLogger("dashboard")
 
-DEFAULT_UPSTREAMS = ",".join(f"http://localhost:{port}/metrics" for port in (9101, 9102, 9103, 9104))
+DEFAULT_UPSTREAMS = ",".join(f"http://localhost:{port}/metrics" for port in (9101, 9102, 9103, 9104, 9105))
 
 EVENT_AGE = Histogram(
     "mlmonitor_event_age_seconds",
@@ -58,7 +61,8 @@ EVENT_AGE = Histogram(
 
 
 class Settings(ConsumerSettings):
-    logs_dir: Path = Field(Path("logs"), description="Folder of metric_log.csv (only read).")
+    logs_dir: Path = Field(Path("logs"), description="Folder of metric_log.csv, drift_summary.json and alerts.jsonl "
+                                                     "(only read).")
     models_dir: Path = Field(Path("models"), description="Folder of model_card.json (only read).")
     dashboard_host: str = Field("127.0.0.1", description="Address the page, /api/* and /metrics listen on: this "
                                 "machine only unless told otherwise, e.g. 0.0.0.0 (then set a password).")
@@ -74,6 +78,9 @@ class Settings(ConsumerSettings):
         DEFAULT_UPSTREAMS, description="Comma-separated /metrics URLs of the other services, read for the "
         "dead-letter and join counts ('' for none).")
     upstream_seconds: float = Field(5.0, gt=0, description="Seconds between two reads of those URLs.")
+    drift_stale_seconds: float = Field(
+        10.0, gt=0, description="Age past which logs/drift_summary.json (the drift service writes it every "
+        "second) counts as stale: the drift panel and /api/drift then say the service is down or stuck.")
     push_seconds: float = Field(0.5, gt=0, description="Shortest time between two updates pushed to the page.")
     task: Literal["auto", "regression", "classification"] = Field(
         "auto", description="The figures to keep. auto: the model card's task, else classification once an "
@@ -287,14 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     upstream.start()
     password = settings.dashboard_password
     auth = BasicAuth(settings.dashboard_user, password.get_secret_value()) if password else None
+    drift = DriftView(settings.logs_dir, stale_seconds=settings.drift_stale_seconds)
     app = create_app(lambda: page_state(board, card, upstream, settings), push_seconds=settings.push_seconds,
-                     auth=auth)
+                     auth=auth, drift=drift.state)
     server = WebServer(app, settings.dashboard_host, settings.dashboard_port)
     server.start()
     warn_if_exposed(settings.dashboard_host, server.port, auth, log)
-    log.info("dashboard on http://localhost:%d/ (JSON at /api/summary, Prometheus at /metrics)", server.port)
+    log.info("dashboard on http://localhost:%d/ (JSON at /api/summary and /api/drift, Prometheus at /metrics)",
+             server.port)
     try:
-        return run_worker(worker, settings.amqp_url, topology(settings))
+        return run_worker(worker, settings.amqp_url, topology(settings), max_message_bytes=settings.max_message_bytes)
     finally:
         upstream.stop()
         server.stop()

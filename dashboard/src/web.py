@@ -3,6 +3,8 @@
     GET /              the page; its scripts and Chart.js come from /static, nothing from the internet
     GET /api/summary   the page's figures as JSON (count, mae, rmse, r2 … over every row of the CSV)
     GET /api/events    the same JSON as Server-Sent Events, pushed whenever it changes
+    GET /api/drift     the drift service's detectors, score histories and alerts (drift_view.py); the
+                       page polls it every few seconds, as it changes every second and is larger
     GET /metrics       Prometheus text
 
 With a password (create_app's `auth`), every request on the port needs HTTP Basic credentials, the
@@ -45,6 +47,9 @@ log = logging.getLogger("dashboard.web")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 KEEP_ALIVE_SECONDS = 15.0
+DRIFT_MAX_AGE = 0.5  # seconds a built /api/drift is served again: one read of the files for every page polling
+NO_DRIFT_VIEW = {"available": False, "reason": "this dashboard was started without a drift view", "detectors": [],
+                 "open_alerts": [], "recent_alerts": []}
 
 CHALLENGE = 'Basic realm="mlmonitor", charset="UTF-8"'
 # Only the dashboard's own files: no inline script or style, no other origin, not inside a frame.
@@ -177,15 +182,19 @@ class SnapshotCache:
 
 
 def create_app(state: Callable[[], dict], push_seconds: float = 0.5, static_dir: Path = STATIC_DIR,
-               auth: BasicAuth | None = None) -> Starlette:
-    """The app; with `auth`, every request needs its credentials."""
+               auth: BasicAuth | None = None, drift: Callable[[], dict] = lambda: NO_DRIFT_VIEW) -> Starlette:
+    """The app; with `auth`, every request needs its credentials. `drift` builds GET /api/drift."""
     cache = SnapshotCache(state, max_age=push_seconds / 2)
+    drift_cache = SnapshotCache(drift, max_age=DRIFT_MAX_AGE)
 
     async def page(_request: Request) -> Response:
         return FileResponse(static_dir / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def summary(_request: Request) -> Response:
         return Response(cache.text(), media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    async def drift_state(_request: Request) -> Response:
+        return Response(drift_cache.text(), media_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def events(_request: Request) -> Response:
         async def stream():
@@ -212,6 +221,7 @@ def create_app(state: Callable[[], dict], push_seconds: float = 0.5, static_dir:
         Route("/", page),
         Route("/api/summary", summary),
         Route("/api/events", events),
+        Route("/api/drift", drift_state),
         Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=static_dir), name="static"),
     ], middleware=[Middleware(SecurityHeaders)] + ([Middleware(RequireBasicAuth, auth=auth)] if auth else []))

@@ -2,7 +2,8 @@
 
 The figures on the page and in /api/summary are checked against the CSV computed with numpy and
 scikit-learn; the histogram drawn by Chart.js is read back from the page. The classifier's run
-writes the CSV rows and publishes the MetricAdded events itself, as metric would.
+writes the CSV rows and publishes the MetricAdded events itself, as metric would. The drift panel
+is checked against the whole pipeline, the drift service included, with features simulating drift.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from mlmonitor.messages import MetricAdded
 from mlmonitor.metric_log import MetricLogWriter, MetricRow
 from mlmonitor.model_store import CARD_NAME, ModelCard
 from mlmonitor.topology import DASHBOARD_EVENTS, METRIC_ADDED, METRIC_EVENTS_EXCHANGE, dead_letter_queue
-from run_pipeline import Pipeline
+from run_pipeline import Pipeline, wait_for_drift_queues
 from screenshot_dashboard import save_full_page
 from waiting import wait_until
 
@@ -416,3 +417,84 @@ def test_a_classifier_page_shows_accuracy_and_the_confusion_matrix_of_the_csv(pi
     assert float(accuracy.split()[-1]) == pytest.approx(final["accuracy"])
     assert 'mlmonitor_quality_version_events{version="v2",window="all"} 40.0' in metrics
     assert "Traceback" not in dashboard_log(pipeline)
+
+
+def drift_state(port: int) -> dict | None:
+    try:
+        return json.loads(get(f"http://127.0.0.1:{port}/api/drift"))
+    except OSError:
+        return None
+
+
+def drift_cell(driver, selector: str) -> str:
+    cells = driver.find_elements(By.CSS_SELECTOR, selector)
+    return cells[0].text if cells else ""
+
+
+def shown_ratio(text: str) -> tuple[float, float]:
+    """(score, threshold) from a cell such as "1.03 / 1"."""
+    score, threshold = text.split("/")
+    return float(score), float(threshold)
+
+
+def test_the_drift_panel_shows_the_bmi_alert_the_drift_service_raises(amqp_url, tmp_path):
+    """The whole pipeline as `make run` runs it, features shifting bmi by 1 σ from event 300: before
+    drift runs the panel says so; then it shows bmi raised, its score at its threshold, and the open
+    alert with its explanation."""
+    logs_dir = tmp_path / "logs"
+    pipeline = Pipeline(env={"AMQP_URL": amqp_url, "LOGS_DIR": str(logs_dir), "MODELS_DIR": str(tmp_path / "models"),
+                             "UPSTREAM_METRICS": "", "PUSH_SECONDS": "0.2", "NICE": "0"},
+                        output_dir=tmp_path / "output")
+    port = free_port()
+    try:
+        pipeline.start("dashboard", ["--dashboard-port", str(port)])
+        wait_until(lambda: drift_state(port), 30, message="/api/drift to answer")
+        assert drift_state(port)["available"] is False
+        with Browser() as driver:
+            driver.get(f"http://127.0.0.1:{port}/")
+            WebDriverWait(driver, 30).until(
+                lambda d: d.find_element(By.ID, "drift-status").text == "drift: not running",
+                message="the page to say the drift service has not written its summary")
+            assert "has not written" in driver.find_element(By.ID, "drift-problem").text
+
+            assert pipeline.run_to_end("learn_model", timeout=120) == 0
+            for service in ("model", "metric", "plot", "drift"):
+                pipeline.start(service)
+            assert wait_for_drift_queues(pipeline, timeout=60), "drift declared its queues"
+            features = pipeline.start("features", ["--count", "1500", "--rate", "0", "--drift-features", "bmi",
+                                                   "--drift-sigma", "1", "--drift-from", "300"])
+            assert features.wait(120) == 0
+
+            bmi_row = 'tr[data-detector="feature.bmi"]'
+            WebDriverWait(driver, 90).until(
+                lambda d: drift_cell(d, f'#detectors {bmi_row} td[data-field="state"]') == "raised"
+                and drift_cell(d, f'#open-alerts {bmi_row}[data-state="raised"] td.why'),
+                message="the panel to show bmi raised and its open alert")
+            alert_score, alert_threshold = shown_ratio(drift_cell(driver, f"#open-alerts {bmi_row} td.score"))
+            assert alert_score >= alert_threshold == 1, "raised at a score at or above its threshold"
+            # while raised, drift holds the score at the threshold; an event back near the reference lowers
+            # it a little, and it resolves below half
+            score, threshold = shown_ratio(drift_cell(driver, f"#detectors {bmi_row} td.score"))
+            assert threshold / 2 <= score <= threshold
+            assert "since event" in drift_cell(driver, f"#open-alerts {bmi_row} td.why")
+            assert drift_cell(driver, f'#recent-alerts {bmi_row}[data-state="raised"] td.text.state') == "raised"
+            assert driver.find_element(By.ID, "drift-status").text.startswith("drift: ")
+            assert "open" in driver.find_element(By.ID, "drift-status").text
+            assert not driver.find_element(By.ID, "drift-problem").is_displayed()
+            bmi_line = driver.execute_script("return Chart.getChart('drift-chart').data.datasets"
+                                             ".find((d) => d.label === 'bmi').data.map((p) => p.y)")
+            assert bmi_line and max(bmi_line) >= threshold / 2, "the chart's bmi line rises to the threshold"
+            save_full_page(driver, tmp_path / "drift.png")
+
+        state = drift_state(port)
+        assert state["available"] is True and state["events"]["predictions"] > 300
+        bmi = next(detector for detector in state["detectors"] if detector["feature"] == "bmi")
+        assert bmi["state"] == "raised" and bmi["score"] >= bmi["threshold"] / 2 and bmi["history"]
+        raised = next(alert for alert in state["open_alerts"] if alert["feature"] == "bmi")
+        assert raised["kind"] == "feature_drift" and raised["score"] >= raised["threshold"]
+        assert raised["events"] > 300, "raised after the shift began"
+        lines = [json.loads(line) for line in (logs_dir / "alerts.jsonl").read_text().splitlines()]
+        assert [alert["episode"] for alert in state["recent_alerts"]] == [line["episode"] for line in reversed(lines)]
+        assert "Traceback" not in dashboard_log(pipeline)
+    finally:
+        pipeline.stop_all(grace_seconds=5)

@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
 USER, PASSWORD = "monitor", "correct horse battery staple"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
-DOORS = ["/", "/api/summary", "/api/events", "/metrics", "/static/dashboard.js"]
+DOORS = ["/", "/api/summary", "/api/drift", "/api/events", "/metrics", "/static/dashboard.js"]
 # Recorded from the first script on, before the page's own: CDP-injected, so the policy doesn't stop it.
 RECORD_VIOLATIONS = ("window.cspViolations = [];"
                      "document.addEventListener('securitypolicyviolation', (e) => "

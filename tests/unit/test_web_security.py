@@ -26,8 +26,8 @@ from web import CHALLENGE, STATIC_DIR, BasicAuth, WebServer, create_app, warn_if
 
 USER, PASSWORD = "monitor", "s3cret-päss"
 STATE = {"count": 7, "mae": 1.5}
-PROTECTED = ["/", "/api/summary", "/api/events", "/metrics", "/static/dashboard.js", "/static/chart.umd.min.js",
-             "/no-such-page"]
+PROTECTED = ["/", "/api/summary", "/api/drift", "/api/events", "/metrics", "/static/dashboard.js",
+             "/static/chart.umd.min.js", "/no-such-page"]
 # a service's start, as every service does it, then it stays up until killed
 SERVICE_WITH_METRICS = """
 import signal, sys
@@ -172,7 +172,7 @@ def test_every_response_carries_the_security_headers(client, path, headers, stat
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
 
 
-@pytest.mark.parametrize("path", ["/", "/api/summary", "/static/dashboard.js", "/no-such-page"])
+@pytest.mark.parametrize("path", ["/", "/api/summary", "/api/drift", "/static/dashboard.js", "/no-such-page"])
 def test_an_open_dashboard_sends_the_security_headers_too(open_client, path):
     response = open_client.get(path)
     assert {name: response.headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS

@@ -1,4 +1,5 @@
 // Draws the state pushed on /api/events (Server-Sent Events); the browser reconnects by itself.
+// The drift panel polls /api/drift instead: it changes every second and carries every score history.
 "use strict";
 
 const threeDecimals = (v) => v.toFixed(3);
@@ -17,6 +18,8 @@ const FORMATS = {
   log_loss: threeDecimals,
   brier: threeDecimals,
   roc_auc: threeDecimals,
+  score: (v) => v.toFixed(2),
+  threshold: (v) => String(Number(v.toFixed(2))),
 };
 const NAMES = {
   count: "count", mae: "MAE", rmse: "RMSE", r2: "R²", accuracy: "accuracy", balanced_accuracy: "balanced accuracy",
@@ -234,6 +237,188 @@ function drawPipeline(state) {
     (unreachable.length ? `; not answering: ${unreachable.join(", ")}` : "");
 }
 
+// ---------------------------------------------------------------- drift
+
+const DRIFT_POLL_MS = 2000;
+const HIGHLIGHTED = 6;  // detectors drawn in colour: the raised ones, then the highest scores; the rest in grey
+const PALETTE = ["#c2412d", "#2f6fdf", "#1d8a4e", "#b7791f", "#7b4fc9", "#0f8a9d"];
+const GREY = "rgba(107, 116, 131, 0.35)";
+
+const driftChart = new Chart(document.getElementById("drift-chart"), {
+  type: "line",
+  data: {datasets: []},
+  options: {
+    animation: false, maintainAspectRatio: false, parsing: false, normalized: true,
+    interaction: {mode: "nearest", intersect: false},
+    elements: {point: {radius: 0}, line: {borderWidth: 1.5}},
+    plugins: {
+      legend: {position: "top", align: "end", labels: {filter: (item, data) => !data.datasets[item.datasetIndex].grey}},
+      tooltip: {callbacks: {label: (item) => `${item.dataset.label}: ${item.parsed.y.toFixed(2)}`}},
+    },
+    scales: {
+      x: {type: "linear", title: {display: true, text: "seconds before the latest score"}, ticks: {precision: 0}},
+      y: {beginAtZero: true, suggestedMax: 1.2, title: {display: true, text: "score ÷ threshold (alert at 1)"}},
+    },
+  },
+});
+
+function detectorName(detector) {
+  return detector.feature ?? detector.detector;
+}
+
+function ratio(score, threshold) {
+  return typeof score === "number" && typeof threshold === "number" && threshold > 0 ? score / threshold : null;
+}
+
+function byUrgency(detectors) {  // raised first, then the highest score over threshold
+  return [...detectors].sort((a, b) => (b.state === "raised") - (a.state === "raised")
+    || (ratio(b.score, b.threshold) ?? 0) - (ratio(a.score, a.threshold) ?? 0));
+}
+
+function highlighted(detectors) {
+  return new Set(byUrgency(detectors).slice(0, HIGHLIGHTED).map((detector) => detector.detector));
+}
+
+function drawDriftChart(drift) {
+  const detectors = drift.detectors;
+  const latest = Math.max(0, ...detectors.map((d) => (d.history.length ? d.history[d.history.length - 1][0] : 0)));
+  const oldest = Math.min(latest, ...detectors.map((d) => (d.history.length ? d.history[0][0] : latest)));
+  const coloured = highlighted(detectors);
+  let colour = 0;
+  const lines = detectors.map((detector) => {
+    const grey = !coloured.has(detector.detector);
+    return {
+      label: detectorName(detector), grey,
+      borderColor: grey ? GREY : PALETTE[colour++ % PALETTE.length],
+      borderWidth: grey ? 1 : 2,
+      data: detector.history.map(([second, score]) => ({x: second - latest, y: ratio(score, detector.threshold)})),
+    };
+  });
+  const threshold = {label: "threshold", borderColor: "#c2412d", borderDash: [6, 4], borderWidth: 1.5,
+                     data: [{x: oldest - latest, y: 1}, {x: 0, y: 1}]};
+  // grey first, so that the coloured lines are drawn over them
+  driftChart.data.datasets = [...lines.filter((line) => line.grey), ...lines.filter((line) => !line.grey), threshold];
+  driftChart.options.scales.x.min = oldest - latest;
+  driftChart.options.scales.x.max = 0;
+  driftChart.update("none");
+  const greyCount = lines.filter((line) => line.grey).length;
+  document.getElementById("drift-chart-note").textContent = detectors.length
+    ? `${detectors.length} detectors` +
+      (greyCount ? `: ${detectors.length - greyCount} in colour (raised first, then the highest scores), ` +
+                   `${greyCount} in grey (hover for names)` : "")
+    : "no detector yet";
+}
+
+// A raised detector's score stays near its threshold until it falls below half of it: red all that time.
+function scoreCell(score, threshold, raised) {
+  const cell = element("td", "", "score");
+  const value = ratio(score, threshold);
+  const bar = element("span", "", "bar");
+  const fill = element("span", "", raised || (value !== null && value >= 1) ? "fill over" : "fill");
+  fill.style.width = `${Math.min(100, 100 * (value ?? 0) / 1.2).toFixed(1)}%`;  // CSSOM: allowed by the policy
+  bar.append(fill);
+  cell.append(element("span", `${format("score", score)} / ${format("threshold", threshold)}`, "figure"), bar);
+  return cell;
+}
+
+function drawDetectors(drift) {
+  const rows = byUrgency(drift.detectors).map((detector) => {
+    const row = document.createElement("tr");
+    row.dataset.detector = detector.detector;
+    const state = detector.state === "raised" ? "raised" : "ok";
+    const stateCell = element("td", state, `state ${state}`);
+    stateCell.dataset.field = "state";
+    row.append(element("td", detectorName(detector)), element("td", detector.kind, "text"),
+               scoreCell(detector.score, detector.threshold, state === "raised"), stateCell);
+    return row;
+  });
+  if (!rows.length) {
+    const empty = document.createElement("tr");
+    empty.append(element("td", "no detector yet", "subtle"));
+    rows.push(empty);
+  }
+  document.querySelector("#detectors tbody").replaceChildren(...rows);
+}
+
+function localTime(text) {
+  const time = new Date(text);
+  if (Number.isNaN(time.getTime())) return text ?? "—";
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${time.getFullYear()}-${pad(time.getMonth() + 1)}-${pad(time.getDate())} ` +
+    `${pad(time.getHours())}:${pad(time.getMinutes())}:${pad(time.getSeconds())}`;
+}
+
+function alertRow(alert, withState) {
+  const row = document.createElement("tr");
+  row.dataset.episode = alert.episode;
+  row.dataset.state = alert.state;
+  row.dataset.detector = alert.detector;
+  row.append(element("td", localTime(alert.time), "time"));
+  if (withState) row.append(element("td", alert.state, `text state ${alert.state}`));
+  row.append(element("td", alert.kind, "text"), element("td", alert.feature ?? "—", "text"),
+             element("td", format("count", alert.events)), scoreCell(alert.score, alert.threshold, false),
+             element("td", alert.model_version, "text mono"), element("td", alert.why, "text why"));
+  return row;
+}
+
+function drawAlerts(selector, alerts, withState, empty) {
+  const rows = alerts.map((alert) => alertRow(alert, withState));
+  if (!rows.length) {
+    const row = document.createElement("tr");
+    row.append(element("td", empty, "subtle"));
+    rows.push(row);
+  }
+  document.querySelector(`${selector} tbody`).replaceChildren(...rows);
+}
+
+function drawDriftStatus(drift) {
+  const status = document.getElementById("drift-status");
+  const open = drift.open_alerts.length;
+  if (!drift.available) {
+    status.className = "drift-status unknown";
+    status.textContent = drift.stale ? "drift: stale" : "drift: not running";
+  } else {
+    status.className = `drift-status ${open ? "raised" : "ok"}`;
+    status.textContent = open ? `drift: ${open} alert${open === 1 ? "" : "s"} open` : "drift: no alert";
+  }
+  const problem = document.getElementById("drift-problem");
+  problem.hidden = drift.available;
+  problem.textContent = drift.reason ?? "";
+  const events = drift.events || {};
+  document.getElementById("drift-note").textContent = drift.model_version
+    ? `model ${drift.model_version}, ${format("count", events.predictions)} predictions and ` +
+      `${format("count", events.outcomes)} outcomes seen, at most ${drift.false_alarms_per_100k ?? "—"} false alarms ` +
+      "per 100,000 events" + (drift.age_seconds === null ? "" : `; updated ${Math.round(drift.age_seconds)} s ago`)
+    : "";
+}
+
+function drawDrift(drift) {
+  document.getElementById("drift").classList.toggle("stale", !drift.available);
+  drawDriftStatus(drift);
+  drawDriftChart(drift);
+  drawDetectors(drift);
+  drawAlerts("#open-alerts", drift.open_alerts, false, "no alert open");
+  drawAlerts("#recent-alerts", drift.recent_alerts, true, "no alert yet");
+}
+
+async function pollDrift() {
+  let drift;
+  try {
+    const response = await fetch("/api/drift", {cache: "no-store"});
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    drift = await response.json();
+  } catch (error) {
+    const status = document.getElementById("drift-status");
+    status.className = "drift-status unknown";
+    status.textContent = "drift: unreachable";
+    document.getElementById("drift-note").textContent = `/api/drift did not answer (${error.message}); trying again`;
+    return;
+  } finally {
+    setTimeout(pollDrift, DRIFT_POLL_MS);
+  }
+  drawDrift(drift);  // outside the try: a drawing bug shows in the console, not as "unreachable"
+}
+
 let lastEventAt = null;
 
 function drawLastEvent() {
@@ -276,6 +461,7 @@ for (const button of document.querySelectorAll("#confusion-window button")) {
   });
 }
 
-window.dashboard = {histogram, overTime};
+window.dashboard = {histogram, overTime, driftChart};
 setInterval(drawLastEvent, 1000);
 connect();
+pollDrift();

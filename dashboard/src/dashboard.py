@@ -76,7 +76,7 @@ class Settings(ConsumerSettings):
         "(they are in the CSV). Changing it needs the queue deleted first: RabbitMQ refuses a redeclaration.")
     upstream_metrics: str = Field(
         DEFAULT_UPSTREAMS, description="Comma-separated /metrics URLs of the other services, read for the "
-        "dead-letter and join counts ('' for none).")
+        "dead-letter and join counts; 'none' for none (an empty variable means the default).")
     upstream_seconds: float = Field(5.0, gt=0, description="Seconds between two reads of those URLs.")
     drift_stale_seconds: float = Field(
         10.0, gt=0, description="Age past which logs/drift_summary.json (the drift service writes it every "
@@ -89,6 +89,8 @@ class Settings(ConsumerSettings):
 
     @property
     def upstream_urls(self) -> list[str]:
+        if self.upstream_metrics.strip().lower() == "none":
+            return []
         return [url.strip() for url in self.upstream_metrics.split(",") if url.strip()]
 
 

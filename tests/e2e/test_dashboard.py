@@ -245,7 +245,7 @@ def models_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def pipeline(amqp_url: str, logs_dir: Path, models_dir: Path, tmp_path: Path):
     pipeline = Pipeline(env={"AMQP_URL": amqp_url, "LOGS_DIR": str(logs_dir), "MODELS_DIR": str(models_dir),
-                             "UPSTREAM_METRICS": "", "PUSH_SECONDS": "0.2"}, output_dir=tmp_path / "output")
+                             "UPSTREAM_METRICS": "none", "PUSH_SECONDS": "0.2"}, output_dir=tmp_path / "output")
     yield pipeline
     pipeline.stop_all(grace_seconds=5)
 
@@ -443,7 +443,7 @@ def test_the_drift_panel_shows_the_bmi_alert_the_drift_service_raises(amqp_url, 
     alert with its explanation."""
     logs_dir = tmp_path / "logs"
     pipeline = Pipeline(env={"AMQP_URL": amqp_url, "LOGS_DIR": str(logs_dir), "MODELS_DIR": str(tmp_path / "models"),
-                             "UPSTREAM_METRICS": "", "PUSH_SECONDS": "0.2", "NICE": "0"},
+                             "UPSTREAM_METRICS": "none", "PUSH_SECONDS": "0.2", "NICE": "0"},
                         output_dir=tmp_path / "output")
     port = free_port()
     try:

@@ -123,7 +123,7 @@ def logs_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def pipeline(amqp_url: str, logs_dir: Path, tmp_path: Path):
     pipeline = Pipeline(env={"AMQP_URL": amqp_url, "LOGS_DIR": str(logs_dir), "MODELS_DIR": str(tmp_path / "models"),
-                             "UPSTREAM_METRICS": "", "PUSH_SECONDS": "0.2"}, output_dir=tmp_path / "output")
+                             "UPSTREAM_METRICS": "none", "PUSH_SECONDS": "0.2"}, output_dir=tmp_path / "output")
     for name in ("DASHBOARD_HOST", "DASHBOARD_USER", "DASHBOARD_PASSWORD", "DASHBOARD_PASSWORD_FILE"):
         pipeline.env.pop(name, None)
     yield pipeline

@@ -237,3 +237,12 @@ def test_snapshot_cache_builds_at_most_once_per_interval():
 def test_snapshot_cache_refuses_nan():
     with pytest.raises(ValueError):
         SnapshotCache(lambda: {"mae": float("nan")}, max_age=1).text()
+
+
+def test_upstream_metrics_none_reads_no_other_service(monkeypatch):
+    from dashboard import Settings
+
+    monkeypatch.setenv("UPSTREAM_METRICS", "none")
+    assert Settings(_cli_parse_args=[]).upstream_urls == []
+    monkeypatch.setenv("UPSTREAM_METRICS", "")  # an empty variable means the default
+    assert len(Settings(_cli_parse_args=[]).upstream_urls) == 5

@@ -8,19 +8,25 @@
 --grep) back to the queue named by their x-source-queue header, without the rejection headers; each
 is acked off the DLQ only once the broker has confirmed its copy. Fix what refused them first (the
 model, the producer), or they come straight back. A copy cut short at MAX_MESSAGE_BYTES is never
-replayed. `--amqp-url` (or AMQP_URL) names the broker and vhost, as for the services.
+replayed. `--amqp-url` (or AMQP_URL) names the broker and vhost, as for the services; for an
+amqps:// URL, `--amqp-ca-file`, `--amqp-cert-file`, `--amqp-key-file` and `--amqp-server-name` (or
+AMQP_CA_FILE …) too.
 """
 
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 
 import pika
 from pika.exceptions import AMQPError
 
 from mlmonitor.dead_letters import depth, known_dead_letter_queues, peek, replay
-from mlmonitor.settings import ServiceSettings
+from mlmonitor.settings import ServiceSettings, load_settings
+from mlmonitor.tls import connection_parameters, untrusted
+
+CONNECTION_FLAGS = ("amqp_url", "amqp_ca_file", "amqp_cert_file", "amqp_key_file", "amqp_server_name")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,6 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # given before or after the command; SUPPRESS keeps the subcommand's parser from resetting it
     common.add_argument("--amqp-url", default=argparse.SUPPRESS,
                         help="RabbitMQ address, vhost included (default: AMQP_URL, else localhost)")
+    for name in CONNECTION_FLAGS[1:]:
+        field = ServiceSettings.model_fields[name]
+        common.add_argument(f"--{name.replace('_', '-')}", default=argparse.SUPPRESS,
+                            metavar="NAME" if name == "amqp_server_name" else "PATH",
+                            help=f"{field.description} (default: {name.upper()})")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      parents=[common])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,12 +84,23 @@ def replay_dead_letters(connection: pika.BlockingConnection, args: argparse.Name
     print(report.summary(dry_run=args.dry_run), flush=True)
 
 
+def connection_settings(args: argparse.Namespace) -> ServiceSettings:
+    """The URL and TLS settings as a service reads them: the flags given, else the environment; a
+    mistake (a CA file with an amqp:// URL, a file that can't be read) exits with one line."""
+    flags = [part for name in CONNECTION_FLAGS if hasattr(args, name)
+             for part in (f"--{name.replace('_', '-')}", getattr(args, name))]
+    return load_settings(ServiceSettings, flags, prog="dead_letters")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    amqp_url = getattr(args, "amqp_url", None) or ServiceSettings().amqp_url
+    settings = connection_settings(args)
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    except AMQPError as error:
+        connection = pika.BlockingConnection(connection_parameters(settings.amqp_url, settings.amqp_tls))
+    except ssl.SSLCertVerificationError as error:
+        print(f"dead_letters: RabbitMQ showed a certificate we can't trust: {untrusted(error)}", file=sys.stderr)
+        return 2
+    except (AMQPError, OSError) as error:
         print(f"dead_letters: can't connect to RabbitMQ: {error!r}", file=sys.stderr)
         return 2
     try:

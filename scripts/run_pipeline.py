@@ -139,9 +139,10 @@ def wait_for_drift_queues(pipeline: Pipeline, timeout: float = 30.0) -> bool:
     import pika
 
     from mlmonitor.settings import DEFAULT_AMQP_URL
+    from mlmonitor.tls import connection_parameters
     from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTIONS
 
-    parameters = pika.URLParameters(pipeline.env.get("AMQP_URL") or DEFAULT_AMQP_URL)
+    parameters = connection_parameters(pipeline.env.get("AMQP_URL") or DEFAULT_AMQP_URL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and "drift" not in pipeline.dead():
         try:

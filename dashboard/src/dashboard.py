@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("dashboard on http://localhost:%d/ (JSON at /api/summary and /api/drift, Prometheus at /metrics)",
              server.port)
     try:
-        return run_worker(worker, settings.amqp_url, topology(settings), max_message_bytes=settings.max_message_bytes)
+        return run_worker(worker, settings.amqp_url, topology(settings), max_message_bytes=settings.max_message_bytes,
+                          tls=settings.amqp_tls)
     finally:
         upstream.stop()
         server.stop()

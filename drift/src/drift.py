@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(settings.nice)
     store = StateStore(settings.logs_dir, fsync=settings.fsync)
     worker = DriftWorker(settings, store)
-    runner = ServiceRunner(worker, settings.amqp_url, DRIFT, max_message_bytes=settings.max_message_bytes)  # declares drift's queues at once: nothing is missed
+    runner = ServiceRunner(worker, settings.amqp_url, DRIFT, max_message_bytes=settings.max_message_bytes,
+                           tls=settings.amqp_tls)  # declares drift's queues at once: nothing is missed
     runner.install_signal_handlers()
     follower = ModelFollower(settings.models_dir, settings.model_poll_seconds,
                              calibration_of(settings.false_alarms_per_100k, settings.reference_margin), store,

@@ -53,7 +53,7 @@ from mlmonitor.logs import EventLog
 from mlmonitor.messages import MAX_TEXT_LENGTH, FeaturesMessage, TargetMessage
 from mlmonitor.service import start_service
 from mlmonitor.settings import ServiceSettings
-from mlmonitor.topology import FEATURES, Y_PRED, Y_TRUE
+from mlmonitor.topology import FEATURES, INPUTS_EXCHANGE, Y_PRED, Y_TRUE
 
 log = logging.getLogger("features")
 
@@ -532,8 +532,9 @@ class FeatureStreamer:
             if event.unconfirmed_parts == 0:
                 self._on_event_confirmed(event)
 
-        session.publish("", FEATURES, event.features.encode(), on_confirmed=part_confirmed)
-        session.publish("", Y_TRUE, event.target.encode(), on_confirmed=part_confirmed)
+        # through our own exchange: features' broker user may write to it and to no queue directly
+        session.publish(INPUTS_EXCHANGE, FEATURES, event.features.encode(), on_confirmed=part_confirmed)
+        session.publish(INPUTS_EXCHANGE, Y_TRUE, event.target.encode(), on_confirmed=part_confirmed)
 
     def _on_event_confirmed(self, event: Event) -> None:
         if self._in_flight.pop(event.features.id, None) is None:
@@ -594,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("streaming %s events of %s (%d rows, %s) at %s to %s and %s",
              settings.count or "endless", table.description, len(table), settings.order,
              f"{settings.rate:g}/s" if settings.rate else "full speed", FEATURES, Y_TRUE)
-    exit_code = run_worker(streamer, settings.amqp_url)
+    exit_code = run_worker(streamer, settings.amqp_url, tls=settings.amqp_tls)
     log.info("stopped after %d confirmed events", streamer.confirmed)
     return exit_code
 

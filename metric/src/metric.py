@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("appending to %s, which holds %d rows", metric_log.path, len(metric_log.written_ids))
     joiner = MetricJoiner(settings, metric_log)
     try:
-        return run_worker(joiner, settings.amqp_url, max_message_bytes=settings.max_message_bytes)
+        return run_worker(joiner, settings.amqp_url, max_message_bytes=settings.max_message_bytes,
+                          tls=settings.amqp_tls)
     finally:
         joiner.close()
         metric_log.close()

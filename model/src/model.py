@@ -439,7 +439,8 @@ class Predictor:
 def main(argv: list[str] | None = None) -> int:
     settings = start_service("model", Settings, argv)
     extra_trusted = parse_trusted_types(settings.trusted_types)
-    runner = ServiceRunner(None, settings.amqp_url, max_message_bytes=settings.max_message_bytes)
+    runner = ServiceRunner(None, settings.amqp_url, max_message_bytes=settings.max_message_bytes,
+                           tls=settings.amqp_tls)
     runner.install_signal_handlers()
     loaded = wait_for_model(settings.models_dir, settings.model_poll_seconds, extra_trusted,
                             lambda: runner.stop_requested)

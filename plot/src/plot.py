@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = start_service("plot", Settings, argv)
     plotter = HistogramPlotter(settings)
     plotter.restore(settings.logs_dir / "metric_log.csv")
-    return run_worker(plotter, settings.amqp_url, max_message_bytes=settings.max_message_bytes)
+    return run_worker(plotter, settings.amqp_url, max_message_bytes=settings.max_message_bytes,
+                      tls=settings.amqp_tls)
 
 
 if __name__ == "__main__":

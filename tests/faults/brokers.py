@@ -3,7 +3,8 @@
 `SharedBroker` is the node at 127.0.0.1:5672 that everyone's tests use: the suite only adds and
 deletes vhosts of its own there and closes connections in them. It has no way to stop the node.
 `PrivateBroker` is a node of our own (own name, ports, cookie, data and log directories), the only
-one the suite ever stops, restarts or kills.
+one the suite ever stops, restarts or kills. Given a `TlsListener`, it also takes amqps:// on a port
+of its own (tests/integration/test_tls.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import socket
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from broker import BROKER_HOST, BROKER_PORT
+from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTIONS
 from waiting import wait_until
 
 WORK_QUEUES = ("features", "y_true", "y_pred", "metric_added")
+DRIFT_QUEUES = (DRIFT_PREDICTIONS, DRIFT_EVENTS)  # declared by drift alone, at its start
 
 
 def free_port() -> int:
@@ -128,10 +132,30 @@ def rabbitmq_scripts() -> Path | None:
     return Path(found).resolve().parent if found else None
 
 
-class PrivateBroker(Broker):
-    """A RabbitMQ node of our own on free loopback ports, with its data in `directory`."""
+@dataclass(frozen=True)
+class TlsListener:
+    """PEM files for a node's TLS listener; the node runs as we do, so it reads them where they are."""
 
-    def __init__(self, directory: Path):
+    ca_file: Path  # the CA that client certificates must chain to
+    cert_file: Path
+    key_file: Path
+    require_client_certificate: bool = True
+
+    def config(self, port: int) -> str:
+        """rabbitmq.conf lines: amqps on `port`; a client certificate is verified, and required unless told not to."""
+        return (f"listeners.ssl.default = 127.0.0.1:{port}\n"
+                f"ssl_options.cacertfile = {self.ca_file}\n"
+                f"ssl_options.certfile = {self.cert_file}\n"
+                f"ssl_options.keyfile = {self.key_file}\n"
+                "ssl_options.verify = verify_peer\n"
+                f"ssl_options.fail_if_no_peer_cert = {str(self.require_client_certificate).lower()}\n")
+
+
+class PrivateBroker(Broker):
+    """A RabbitMQ node of our own on free loopback ports, with its data in `directory`; with `tls`, it
+    also listens for amqps:// on `tls_port`."""
+
+    def __init__(self, directory: Path, tls: TlsListener | None = None):
         scripts = rabbitmq_scripts()
         if scripts is None:
             raise RuntimeError("rabbitmq-server is not installed here; can't run a private node")
@@ -144,8 +168,10 @@ class PrivateBroker(Broker):
         cookie.chmod(0o400)
         (directory / "enabled_plugins").write_text("[].\n")
         (directory / "rabbitmq-env.conf").write_text("")
+        self.tls_port = free_port() if tls else None
         (directory / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\n"
-                                                 "disk_free_limit.absolute = 50MB\n")
+                                                 "disk_free_limit.absolute = 50MB\n"
+                                                 + (tls.config(self.tls_port) if tls else ""))
         env = {**os.environ, "HOME": str(directory), "RABBITMQ_NODENAME": self.node,
                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(port),
                "RABBITMQ_DIST_PORT": str(dist_port), "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),

@@ -5,7 +5,9 @@ There is no Docker engine where the tests run, so this reads the files and check
 reinstalls dependencies on every code or common/ edit, volumes that don't land on the relative
 logs/ and models/ paths under WORKDIR /app, a start order that doesn't wait for RabbitMQ or for
 the trained model; and what would let a container do more than it must: root, a writable root
-filesystem or mount it only reads, capabilities, unpinned or unhashed dependencies.
+filesystem or mount it only reads, capabilities, unpinned or unhashed dependencies; and broker
+credentials: no guest, no committed password, each service's URL a Docker secret of its own, the
+broker's users and topology loaded from definitions.
 
 Everything is driven by the services found in the compose file, so a service added later
 (e.g. dashboard) is checked the same way. The one Dockerfile takes the service as the build
@@ -58,6 +60,8 @@ def _services_or_empty() -> dict:
 SERVICES = _services_or_empty()
 BUILD_SERVICES = sorted(name for name, svc in SERVICES.items() if isinstance(svc, dict) and "build" in svc)
 APP_SERVICES = sorted(name for name in SERVICES if name != BROKER)
+# Every service built from this repo talks to RabbitMQ, except learn_model, which only trains.
+BROKER_CLIENTS = sorted(name for name in BUILD_SERVICES if name != "learn_model")
 
 
 def _service(name: str) -> dict:
@@ -305,6 +309,44 @@ def _read_only_binds(svc: dict) -> dict[str, bool]:
     return modes
 
 
+def _secrets_of(name: str) -> dict[str, str]:
+    """{secret: where the container finds it} of a service's secrets (short or long syntax)."""
+    found = {}
+    for secret in _service(name).get("secrets") or []:
+        if isinstance(secret, dict):
+            target = str(secret.get("target") or secret["source"])
+            found[str(secret["source"])] = target if target.startswith("/") else f"/run/secrets/{target}"
+        else:
+            found[str(secret)] = f"/run/secrets/{secret}"
+    return found
+
+
+def _broker_mounts() -> dict[str, str]:
+    """{path in the broker's container: file in the repo} of its configs and secrets."""
+    compose = _load_compose()
+    mounts = {}
+    for kind in ("configs", "secrets"):
+        for entry in _service(BROKER).get(kind) or []:
+            source = entry["source"] if isinstance(entry, dict) else entry
+            target = entry.get("target", f"/{source}") if isinstance(entry, dict) else f"/{source}"
+            mounts[str(target)] = compose[kind][source]["file"]
+    return mounts
+
+
+def _rabbitmq_settings() -> dict[str, str]:
+    """key = value of every config file mounted into the broker's /etc/rabbitmq/conf.d."""
+    conf_d = [file for target, file in _broker_mounts().items()
+              if PurePosixPath(target).parent == PurePosixPath("/etc/rabbitmq/conf.d")]
+    assert conf_d, f"{BROKER}: no config mounted into /etc/rabbitmq/conf.d"
+    settings = {}
+    for file in conf_d:
+        for line in (REPO_ROOT / file).read_text(encoding="utf-8").splitlines():
+            key, _, value = line.split("#")[0].partition("=")
+            if value.strip():
+                settings[key.strip()] = value.strip()
+    return settings
+
+
 def _dockerignore_patterns() -> list[str]:
     if not DOCKERIGNORE_FILE.exists():
         return []
@@ -398,12 +440,62 @@ def test_bind_mounts_are_logs_or_models_under_app(name):
 
 
 @app_services
-def test_amqp_url_points_at_a_compose_service(name):
-    url = _env(_service(name)).get("AMQP_URL")
-    if url is None:
-        pytest.skip(f"{name} sets no AMQP_URL")
-    host = urlparse(url).hostname
-    assert host in SERVICES, f"{name}: AMQP_URL host {host!r} is not a compose service (localhost won't work in a container)"
+def test_no_amqp_url_carries_a_password_or_guest(name):
+    env = _env(_service(name))
+    url = env.get("AMQP_URL")
+    if url is not None:
+        assert urlparse(_interpolate(url)).password is None, f"{name}: a password in AMQP_URL, committed"
+    assert not any("guest" in value for value in env.values()), f"{name}: guest in its environment"
+
+
+@pytest.mark.parametrize("name", BROKER_CLIENTS)
+def test_broker_client_reads_its_url_from_its_own_docker_secret(name):
+    secret = f"{name}_amqp_url"
+    env = _env(_service(name))
+    assert "AMQP_URL" not in env, f"{name}: AMQP_URL and AMQP_URL_FILE together are refused at start"
+    assert env.get("AMQP_URL_FILE") == f"/run/secrets/{secret}", f"{name}: AMQP_URL_FILE is not its secret"
+    assert _secrets_of(name) == {secret: f"/run/secrets/{secret}"}, f"{name} gets secrets not its own"
+    declared = (_load_compose().get("secrets") or {}).get(secret) or {}
+    assert declared.get("file") == f"./secrets/{name}.amqp_url", f"{secret}: not read from ./secrets/{name}.amqp_url"
+    holders = [other for other in SERVICES if secret in _secrets_of(other)]
+    assert holders == [name], f"{secret} is given to {holders}"
+
+
+def test_learn_model_gets_no_broker_credentials():
+    assert not {"AMQP_URL", "AMQP_URL_FILE"} & set(_env(_service("learn_model"))), "learn_model uses no broker"
+    assert _secrets_of("learn_model") == {}
+
+
+def test_the_documented_users_command_gives_the_containers_the_brokers_host():
+    commands = [line for line in COMPOSE_FILE.read_text(encoding="utf-8").splitlines()
+                if line.startswith("#") and "scripts/rabbitmq_users.py" in line]
+    assert commands, "docker-compose.yml does not say how to create the broker users"
+    words = shlex.split(commands[0].lstrip("# "))
+    assert _option_values(words, "--host") == [BROKER], f"{commands[0]}: the URLs must name {BROKER}"
+    assert _option_values(words, "--definitions") == ["secrets/rabbitmq_users.json"]
+
+
+def test_rabbitmq_loads_its_users_and_topology_from_definitions_without_guest():
+    settings = _rabbitmq_settings()
+    directory = PurePosixPath(settings.get("load_definitions", ""))
+    mounts = _broker_mounts()
+    loaded = {target: file for target, file in mounts.items() if PurePosixPath(target).parent == directory}
+    assert sorted(PurePosixPath(target).name for target in loaded) == ["10-topology.json", "20-users.json"], (
+        f"{BROKER}: load_definitions = {directory}, into which are mounted {sorted(loaded)}")
+    topology = loaded[str(directory / "10-topology.json")]
+    assert (REPO_ROOT / topology).is_file() and not topology.startswith("./secrets/")
+    assert "users" not in json.loads((REPO_ROOT / topology).read_text(encoding="utf-8")), "users committed"
+    assert loaded[str(directory / "20-users.json")] == "./secrets/rabbitmq_users.json"
+    assert "default_user" not in settings and "default_pass" not in settings
+
+
+def test_secrets_are_git_ignored():
+    ignored = [line.strip() for line in (REPO_ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()]
+    assert "secrets/" in ignored or "secrets" in ignored or "/secrets/" in ignored, ".gitignore lets secrets/ in"
+    for path in (COMPOSE_FILE, REPO_ROOT / "rabbitmq" / "definitions.json", REPO_ROOT / "rabbitmq" / "rabbitmq.conf"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"amqps?://[^:/@\s]+:[^@\s]+@", text), f"{path.name}: an AMQP URL with a password"
+        assert "password_hash" not in text, f"{path.name}: a password hash"
 
 
 @app_services
@@ -515,18 +607,8 @@ def test_ports_are_published_on_the_hosts_loopback_only(name):
 def test_rabbitmq_refuses_huge_messages_itself():
     from mlmonitor.settings import ConsumerSettings
 
-    compose = _load_compose()
-    mounts = {c["target"]: compose["configs"][c["source"]]["file"] for c in _service(BROKER).get("configs") or []}
-    conf_d = [file for target, file in mounts.items()
-              if PurePosixPath(target).parent == PurePosixPath("/etc/rabbitmq/conf.d")]
-    assert conf_d, f"{BROKER}: no config mounted into /etc/rabbitmq/conf.d"
-    settings = {}
-    for file in conf_d:
-        for line in (REPO_ROOT / file).read_text(encoding="utf-8").splitlines():
-            key, _, value = line.split("#")[0].partition("=")
-            if value.strip():
-                settings[key.strip()] = value.strip()
-    assert "max_message_size" in settings, f"{BROKER}: max_message_size not set in {conf_d}"
+    settings = _rabbitmq_settings()
+    assert "max_message_size" in settings, f"{BROKER}: max_message_size not set in /etc/rabbitmq/conf.d"
     broker_cap = int(settings["max_message_size"])
     field = ConsumerSettings.model_fields.get("max_message_bytes")
     service_cap = field.default if field is not None else 1 << 20

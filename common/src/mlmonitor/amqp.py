@@ -14,7 +14,7 @@ The rules it keeps for every service:
   the messages that still fail are dead-lettered.
 - Connection lost: the worker drops its in-flight state (the broker redelivers whatever was not
   acked) and the runner reconnects with capped exponential backoff, also while the vhost does not exist yet.
-  Wrong credentials end the run.
+  Wrong credentials end the run, and so does a broker certificate we can't verify (mlmonitor.tls).
 - Consuming and publishing use separate connections, so broker flow control on publishers never
   stops acks from getting through.
 """
@@ -26,20 +26,23 @@ import signal
 import struct
 import time
 import traceback
+from ssl import SSLCertVerificationError
 from typing import Callable, Protocol, Sequence
 
 import pika
 import pika.frame
 from pika.adapters.select_connection import IOLoop
 from pika.channel import ContentFrameAssembler
-from pika.exceptions import AMQPError, BodyTooLongError, ProbableAuthenticationError
+from pika.exceptions import AMQPError, BodyTooLongError, ChannelClosedByBroker, ProbableAuthenticationError
 from pika.spec import Basic
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import observability
 from .messages import InvalidMessage, MessageT, decode
 from .settings import ConsumerSettings
-from .topology import PIPELINE, REASON_HEADER, SOURCE_QUEUE_HEADER, Topology, dead_letter_queue, declare
+from .tls import AmqpTls, connect_problem, connection_parameters, untrusted
+from .topology import (DEAD_LETTERS_EXCHANGE, INPUTS_EXCHANGE, PIPELINE, REASON_HEADER, SOURCE_QUEUE_HEADER, Topology,
+                       check_declared, dead_letter_queue, declare)
 
 log = logging.getLogger("mlmonitor.amqp")
 
@@ -365,6 +368,10 @@ class _Consumer:
                 self._session.dead_letter(delivery, f"processing error: {type(error).__name__}: {error}")
 
 
+# Exchanges whose routing key names the destination queue: a publish to them counts under that queue.
+_ROUTED_BY_KEY = ("", INPUTS_EXCHANGE, DEAD_LETTERS_EXCHANGE)
+
+
 class _Publisher:
     """Publishes persistent, mandatory messages with pipelined confirms, tracked per sequence number."""
 
@@ -410,7 +417,7 @@ class _Publisher:
                 self.publish(exchange, routing_key, body, headers, on_confirmed)
             return
         for exchange, routing_key, _body, _headers, on_confirmed in entries:
-            target = exchange or routing_key
+            target = routing_key if exchange in _ROUTED_BY_KEY else exchange
             counter = self._published.get(target)
             if counter is None:
                 counter = self._published[target] = observability.MESSAGES_PUBLISHED.labels(target)
@@ -479,7 +486,8 @@ class Session:
         self._publisher.publish(exchange, routing_key, body, headers, on_confirmed)
 
     def dead_letter(self, delivery: Delivery, reason: str, headers: dict | None = None) -> None:
-        """Moves the delivery to `<queue>.dlq` with `reason` (and `headers`, if given) in its headers."""
+        """Moves the delivery to `<queue>.dlq`, through the dead_letters exchange, with `reason` (and `headers`,
+        if given) in its headers."""
         if not self.is_open or delivery.dead_lettered:
             return  # closing, or rejected already (in a batch that hit a bug and is retried singly)
         delivery.dead_lettered = True
@@ -488,7 +496,7 @@ class Session:
         headers = {**delivery.headers, **(headers or {}), REASON_HEADER: reason, SOURCE_QUEUE_HEADER: delivery.queue}
         self.runner.rejections.event("rejected a message from %s into %s: %s", delivery.queue, dlq, reason)
         observability.MESSAGES_DEAD_LETTERED.labels(delivery.queue).inc()
-        self._publisher.publish("", dlq, delivery.body, headers, delivery.ack)
+        self._publisher.publish(DEAD_LETTERS_EXCHANGE, dlq, delivery.body, headers, delivery.ack)
 
     @property
     def unconfirmed(self) -> int:
@@ -631,19 +639,28 @@ class Session:
             self.ioloop.stop()
 
 
+ACCESS_REFUSED = 403
+NOT_FOUND = 404
+
+
+class TopologyNotDeclared(AMQPError):
+    """Part of the topology is missing and our user may not declare it; the runner waits for it."""
+
+
 class ServiceRunner:
     """Connects, declares the topology, runs the worker, reconnects when the broker goes away.
 
     `max_message_bytes` caps every consumed message (MAX_MESSAGE_BYTES from the environment when not
-    given); the depth of each consumed queue's DLQ is polled every `dead_letter_poll_seconds`."""
+    given); the depth of each consumed queue's DLQ is polled every `dead_letter_poll_seconds`.
+    `tls` verifies an amqps:// broker (mlmonitor.tls; AMQP_CA_FILE etc. from the environment when not given)."""
 
     def __init__(self, worker: Worker | None, amqp_url: str, topology: Topology = PIPELINE,
                  backoff: Backoff | None = None, max_message_bytes: int | None = None,
-                 dead_letter_poll_seconds: float = DEAD_LETTER_POLL_SECONDS):
+                 dead_letter_poll_seconds: float = DEAD_LETTER_POLL_SECONDS, tls: AmqpTls | None = None):
         from .logs import EventLog
 
         self.worker = worker
-        self.parameters = pika.URLParameters(amqp_url)
+        self.parameters = connection_parameters(amqp_url, tls)
         self.topology = topology
         self.backoff = backoff or Backoff()
         self.max_message_bytes = (max_message_bytes_from_environment() if max_message_bytes is None
@@ -652,6 +669,7 @@ class ServiceRunner:
         self.stop_requested = False
         self.exit_code = 0
         self.rejections = EventLog(log, "messages dead-lettered")
+        self._missing: str | None = None  # what the last check of the topology found missing ("": nothing)
 
     def request_stop(self, exit_code: int = 0) -> None:
         self.stop_requested = True
@@ -670,11 +688,15 @@ class ServiceRunner:
             except ProbableAuthenticationError as error:
                 log.error("RabbitMQ at %s refused our credentials: %r; giving up", where, error)
                 return 2
+            except SSLCertVerificationError as error:
+                log.error("RabbitMQ at %s showed a certificate we can't trust: %s (AMQP_CA_FILE and AMQP_SERVER_NAME "
+                          "say whom to trust); giving up", where, untrusted(error))
+                return 2
             except (AMQPError, OSError) as error:  # access denied too: the vhost may not be created yet
                 attempt += 1
                 delay = self.backoff.next_delay()
                 log.warning("waiting for RabbitMQ at %s (attempt %d): %s; retrying in %.1fs",
-                            where, attempt, type(error).__name__, delay)
+                            where, attempt, connect_problem(error), delay)
                 self._sleep(delay)
                 continue
             if attempt:
@@ -694,12 +716,35 @@ class ServiceRunner:
         return self.exit_code
 
     def _declare_topology(self) -> None:
+        """Declares the topology; with a user that may not declare it (least privilege), checks that the
+        broker's definitions hold it, and raises TopologyNotDeclared while something is missing."""
         connection = pika.BlockingConnection(self.parameters)
         try:
-            declare(connection.channel(), self.topology)
+            try:
+                declare(connection.channel(), self.topology)
+            except ChannelClosedByBroker as refused:
+                if refused.reply_code != ACCESS_REFUSED:
+                    raise
+                self._check_declared_by_others(connection, refused)
         finally:
             if connection.is_open:
                 connection.close()
+
+    def _check_declared_by_others(self, connection, refused: ChannelClosedByBroker) -> None:
+        try:
+            check_declared(connection.channel(), self.topology)
+        except ChannelClosedByBroker as missing:
+            if missing.reply_code != NOT_FOUND:
+                raise
+            if missing.reply_text != self._missing:
+                self._missing = missing.reply_text
+                log.warning("our user may not declare the topology (%s) and part of it is missing (%s); waiting "
+                            "for it to be declared (scripts/rabbitmq_users.py imports it)",
+                            refused.reply_text, missing.reply_text)
+            raise TopologyNotDeclared(missing.reply_text) from None
+        if self._missing != "":
+            self._missing = ""
+            log.info("our user may not declare the topology; the broker has all of it")
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -707,9 +752,9 @@ class ServiceRunner:
             time.sleep(min(0.1, deadline - time.monotonic()))
 
 
-def run_worker(worker: Worker, amqp_url: str, topology: Topology = PIPELINE, max_message_bytes: int | None = None
-               ) -> int:
-    runner = ServiceRunner(worker, amqp_url, topology, max_message_bytes=max_message_bytes)
+def run_worker(worker: Worker, amqp_url: str, topology: Topology = PIPELINE, max_message_bytes: int | None = None,
+               tls: AmqpTls | None = None) -> int:
+    runner = ServiceRunner(worker, amqp_url, topology, max_message_bytes=max_message_bytes, tls=tls)
     runner.install_signal_handlers()
     return runner.run()
 

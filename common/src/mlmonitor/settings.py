@@ -20,6 +20,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import tls
+
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 FROM_FILE = "from_file"  # the json_schema_extra key that marks a secret setting
 
@@ -78,9 +80,31 @@ class CommonSettings(BaseSettings):
 
 class ServiceSettings(CommonSettings):
     amqp_url: str = secret_field(DEFAULT_AMQP_URL, description="RabbitMQ address, vhost included (or AMQP_URL_FILE).")
+    # TLS (mlmonitor.tls), for an amqps:// URL only, which is always verified
+    amqp_ca_file: str | None = Field(None, description="CA bundle (PEM) the broker's certificate must chain to, "
+                                     "for an amqps:// AMQP_URL; unset: the system's CAs.")
+    amqp_cert_file: str | None = Field(None, description="Client certificate (PEM) for mutual TLS over amqps://, "
+                                       "its private key included unless AMQP_KEY_FILE gives it.")
+    amqp_key_file: str | None = Field(None, description="Private key (PEM, unencrypted) of AMQP_CERT_FILE, when not "
+                                      "in that file.")
+    amqp_server_name: str | None = Field(None, description="Name the broker's certificate must carry, also sent as "
+                                         "SNI, for amqps://; unset: AMQP_URL's host.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port for Prometheus /metrics; 0 turns it off.")
     metrics_host: str = Field("127.0.0.1", description="Address /metrics listens on: this machine only unless "
                               "told otherwise, e.g. 0.0.0.0 for every interface (compose).")
+
+    @model_validator(mode="after")
+    def _check_amqp_tls(self) -> ServiceSettings:
+        try:
+            tls.check(self.amqp_url, self.amqp_tls)
+        except tls.TlsSetupError as problem:
+            raise PydanticCustomError("amqp_tls", "{problem}", {"problem": str(problem)}) from None
+        return self
+
+    @property
+    def amqp_tls(self) -> tls.AmqpTls:
+        """What mlmonitor.amqp.ServiceRunner(tls=...) takes."""
+        return tls.AmqpTls(self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file, self.amqp_server_name)
 
 
 class ConsumerSettings(ServiceSettings):

@@ -1,28 +1,41 @@
-"""Names of every queue and exchange, and the declarations every service makes at connect.
+"""Names of every queue and exchange, who uses which, and the declarations every service makes at connect.
 
-Work queues are durable and reached through the default exchange (routing key = queue name),
-as the course convention expects. Predictions go through the fanout exchange `predictions`, bound
-to `y_pred`, so a drift monitor can take a copy of each; a course producer may still publish
-straight to the `y_pred` queue. Events go through the fanout exchange `metric_events`, so any
-number of services can subscribe; plot's queue keeps the seed's name `metric_added`.
-Each work queue has a dead-letter queue `<queue>.dlq` holding rejected messages with their reason.
+Work queues are durable. Our own services publish into them through named exchanges, never the
+default one: RabbitMQ's write permission on the default exchange is a write into every queue, so a
+service whose broker user may write only to its own exchanges can't reach any other queue
+(scripts/rabbitmq_users.py, docs/security.md). features publishes to the direct exchange `inputs`,
+routing keys `features` and `y_true`; course producers may still publish straight to those queues
+through the default exchange, as the course convention expects. Predictions go through the fanout
+exchange `predictions`, bound to `y_pred`, so a drift monitor can take a copy of each; a course
+producer may still publish straight to the `y_pred` queue. Events go through the fanout exchange
+`metric_events`, so any number of services can subscribe; plot's queue keeps the seed's name
+`metric_added`.
+Each work queue has a dead-letter queue `<queue>.dlq` holding rejected messages with their reason,
+reached through the topic exchange `dead_letters` with the DLQ's name as routing key: a topic
+exchange, so that the broker can hold each service to the DLQs of its own queues (topic permissions).
 
 The drift service declares its own part (DRIFT): its copies of the
 predictions and of the joined events, and the topic exchange `monitor_alerts` it announces alerts
 on, with routing keys `<kind>.<state>` (e.g. `feature_drift.raised`), for notifiers to bind to.
+
+Who declares: every service declares its whole topology at connect, so they start in any order.
+A service whose broker user may not declare (least privilege: the broker's definitions hold the
+layout) checks instead, passively, that everything is there, and waits until it is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FEATURES = "features"
 Y_TRUE = "y_true"
 Y_PRED = "y_pred"
+INPUTS_EXCHANGE = "inputs"  # direct: features → the `features` and `y_true` queues, routing key = queue name
 PREDICTIONS_EXCHANGE = "predictions"  # model (or a model served elsewhere) → y_pred and any other bound queue
 METRIC_EVENTS_EXCHANGE = "metric_events"
 METRIC_ADDED = "metric_added"
 DASHBOARD_EVENTS = "metric_added.dashboard"  # the dashboard's own queue on metric_events, declared by it alone
+DASHBOARD_QUEUE_MAX_LENGTH = 10_000  # the dashboard's default QUEUE_MAX_LENGTH
 DRIFT_PREDICTIONS = "predictions.drift"  # drift's copy of every prediction (with its inputs), declared by it alone
 DRIFT_EVENTS = "metric_added.drift"  # drift's copy of every joined pair, declared by it alone
 MONITOR_ALERTS_EXCHANGE = "monitor_alerts"  # topic: routing key <kind>.<state>
@@ -30,6 +43,8 @@ MONITOR_ALERTS_EXCHANGE = "monitor_alerts"  # topic: routing key <kind>.<state>
 # mandatory); it keeps the latest alerts for a look in the management UI. Notifiers bind queues of their own.
 RECENT_ALERTS = "monitor_alerts.recent"
 RECENT_ALERTS_KEPT = 1000
+DEAD_LETTERS_EXCHANGE = "dead_letters"  # topic: routing key = the DLQ's name; declared with any queue that has one
+DEFAULT_EXCHANGE = "amq.default"  # the name RabbitMQ's permissions give the default exchange ""
 
 REASON_HEADER = "x-rejection-reason"
 SOURCE_QUEUE_HEADER = "x-source-queue"
@@ -45,11 +60,16 @@ class QueueSpec:
     bind_to: str | None = None  # exchange whose messages this queue receives
     dead_letters: bool = True
     arguments: tuple[tuple[str, object], ...] = ()  # x-arguments, e.g. (("x-max-length", 10000),)
-    routing_key: str | None = None  # of the binding, for a topic exchange (a fanout ignores it)
+    routing_key: str | None = None  # of the binding, for a direct or topic exchange (a fanout ignores it)
 
     @property
     def dlq(self) -> str:
         return dead_letter_queue(self.name)
+
+    @property
+    def binding_key(self) -> str:
+        """The binding's routing key: the given one, else the queue's name (as pika binds by default)."""
+        return self.routing_key if self.routing_key is not None else self.name
 
 
 @dataclass(frozen=True)
@@ -57,43 +77,127 @@ class Topology:
     exchanges: tuple[str, ...]  # fanout
     queues: tuple[QueueSpec, ...]
     topic_exchanges: tuple[str, ...] = ()
+    direct_exchanges: tuple[str, ...] = ()
 
     def with_queue(self, queue: QueueSpec) -> Topology:
-        return Topology(self.exchanges, self.queues + (queue,), self.topic_exchanges)
+        return replace(self, queues=self.queues + (queue,))
+
+    def merged(self, other: Topology) -> Topology:
+        """Both layouts in one, each exchange and queue once (the first spec of a name wins)."""
+        names = {queue.name for queue in self.queues}
+        return Topology(
+            exchanges=_distinct(self.exchanges + other.exchanges),
+            queues=self.queues + tuple(queue for queue in other.queues if queue.name not in names),
+            topic_exchanges=_distinct(self.topic_exchanges + other.topic_exchanges),
+            direct_exchanges=_distinct(self.direct_exchanges + other.direct_exchanges))
+
+    @property
+    def has_dead_letters(self) -> bool:
+        return any(queue.dead_letters for queue in self.queues)
+
+    def exchange_types(self) -> dict[str, str]:
+        """{exchange: type} of every exchange declared, the dead-letter exchange included when a queue needs it."""
+        types = {name: "fanout" for name in self.exchanges}
+        types.update((name, "direct") for name in self.direct_exchanges)
+        types.update((name, "topic") for name in self.topic_exchanges)
+        if self.has_dead_letters:
+            types[DEAD_LETTERS_EXCHANGE] = "topic"
+        return types
+
+    def queue_names(self) -> list[str]:
+        """Every queue declared, DLQs included, each after its work queue."""
+        return [name for queue in self.queues for name in ((queue.name, queue.dlq) if queue.dead_letters
+                                                           else (queue.name,))]
+
+    def bindings(self) -> list[tuple[str, str, str]]:
+        """(exchange, queue, routing key) of every binding: the queues' own and each DLQ's to dead_letters."""
+        bindings = []
+        for queue in self.queues:
+            if queue.bind_to:
+                bindings.append((queue.bind_to, queue.name, queue.binding_key))
+            if queue.dead_letters:
+                bindings.append((DEAD_LETTERS_EXCHANGE, queue.dlq, queue.dlq))
+        return bindings
+
+    def arguments_of(self, queue_name: str) -> dict | None:
+        spec = next((queue for queue in self.queues if queue.name == queue_name), None)
+        return dict(spec.arguments) if spec is not None and spec.arguments else None
+
+
+def _distinct(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
 
 
 PIPELINE = Topology(
     exchanges=(PREDICTIONS_EXCHANGE, METRIC_EVENTS_EXCHANGE),
     queues=(
-        QueueSpec(FEATURES),
-        QueueSpec(Y_TRUE),
+        QueueSpec(FEATURES, bind_to=INPUTS_EXCHANGE),
+        QueueSpec(Y_TRUE, bind_to=INPUTS_EXCHANGE),
         QueueSpec(Y_PRED, bind_to=PREDICTIONS_EXCHANGE),
         QueueSpec(METRIC_ADDED, bind_to=METRIC_EVENTS_EXCHANGE),
     ),
+    direct_exchanges=(INPUTS_EXCHANGE,),
 )
 
 
-DRIFT = Topology(
-    exchanges=PIPELINE.exchanges,
+def dashboard_events_queue(max_length: int = DASHBOARD_QUEUE_MAX_LENGTH) -> QueueSpec:
+    """The dashboard's queue: bounded, the oldest events dropped (they are in the CSV)."""
+    return QueueSpec(DASHBOARD_EVENTS, bind_to=METRIC_EVENTS_EXCHANGE,
+                     arguments=(("x-max-length", max_length), ("x-overflow", "drop-head")))
+
+
+DASHBOARD = PIPELINE.with_queue(dashboard_events_queue())
+
+
+DRIFT = replace(
+    PIPELINE,
     queues=PIPELINE.queues + (
         QueueSpec(DRIFT_PREDICTIONS, bind_to=PREDICTIONS_EXCHANGE),
         QueueSpec(DRIFT_EVENTS, bind_to=METRIC_EVENTS_EXCHANGE),
         QueueSpec(RECENT_ALERTS, bind_to=MONITOR_ALERTS_EXCHANGE, dead_letters=False, routing_key="#",
                   arguments=(("x-max-length", RECENT_ALERTS_KEPT), ("x-overflow", "drop-head"))),
     ),
-    topic_exchanges=(MONITOR_ALERTS_EXCHANGE,),
+    topic_exchanges=PIPELINE.topic_exchanges + (MONITOR_ALERTS_EXCHANGE,),
 )
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a service does on the broker, from which its user's permissions follow (scripts/rabbitmq_users.py):
+    the queues it consumes (and dead-letters into their DLQs) and the exchanges it publishes to.
+    Passive declares (checking that something exists, reading a queue's depth) need no permission."""
+
+    consumes: tuple[str, ...] = ()
+    publishes_to: tuple[str, ...] = ()
+    topology: Topology = PIPELINE  # the layout the service declares, which must exist for it to run
+
+
+SERVICE_ACCESS = {
+    "features": Access(publishes_to=(INPUTS_EXCHANGE,)),
+    "model": Access(consumes=(FEATURES,), publishes_to=(PREDICTIONS_EXCHANGE,)),
+    "metric": Access(consumes=(Y_TRUE, Y_PRED), publishes_to=(METRIC_EVENTS_EXCHANGE,)),
+    "plot": Access(consumes=(METRIC_ADDED,)),
+    "dashboard": Access(consumes=(DASHBOARD_EVENTS,), topology=DASHBOARD),
+    "drift": Access(consumes=(DRIFT_PREDICTIONS, DRIFT_EVENTS), publishes_to=(MONITOR_ALERTS_EXCHANGE,),
+                    topology=DRIFT),
+}
 
 
 def declare(channel, topology: Topology = PIPELINE) -> None:
     """Declares everything on a pika BlockingChannel. Idempotent, so every service does it at connect."""
-    for exchange in topology.exchanges:
-        channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
-    for exchange in topology.topic_exchanges:
-        channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-    for queue in topology.queues:
-        channel.queue_declare(queue.name, durable=True, arguments=dict(queue.arguments) or None)
-        if queue.dead_letters:
-            channel.queue_declare(queue.dlq, durable=True)
-        if queue.bind_to:
-            channel.queue_bind(queue.name, queue.bind_to, routing_key=queue.routing_key)
+    for exchange, kind in topology.exchange_types().items():
+        channel.exchange_declare(exchange, exchange_type=kind, durable=True)
+    for queue in topology.queue_names():
+        channel.queue_declare(queue, durable=True, arguments=topology.arguments_of(queue))
+    for exchange, queue, routing_key in topology.bindings():
+        channel.queue_bind(queue, exchange, routing_key=routing_key)
+
+
+def check_declared(channel, topology: Topology = PIPELINE) -> None:
+    """Checks, with passive declares (which need no permission), that every exchange and queue of the
+    topology exists; a missing one closes the channel with 404 NOT_FOUND (pika's ChannelClosedByBroker).
+    Bindings can't be checked this way: whoever declared the queues bound them."""
+    for exchange in topology.exchange_types():
+        channel.exchange_declare(exchange, passive=True)
+    for queue in topology.queue_names():
+        channel.queue_declare(queue, passive=True)

@@ -1,6 +1,6 @@
 """Streaming drift and degradation detectors built from the model card's reference statistics
 (mlmonitor.reference): O(1) per event per numeric feature, O(categories) per categorical one, a
-few floats of state each, whatever the number of events.
+few numbers per chart and the last 100 values as state, whatever the number of events.
 
 The method
 ----------
@@ -15,7 +15,8 @@ charts add the scores up:
   reference's CDF interpolated through its quantiles and histogram edges (`method="normal_scores"`),
   is robust to skew in principle, but F is only known at 23 knots: on a column of a few distinct
   values (diabetes' `sex`) its scores are off by 0.2 σ in mean, and it raised false alarms where
-  the standardised scores did not, with no faster detection (bench/drift.py measures both).
+  the standardised scores did not, with no faster detection (`bench/drift.py --normal-scores`
+  measures both).
 - A category (a categorical feature, a classifier's class or target) is one indicator per
   category the reference lists (the 20 most frequent; the rest pooled), plus one for a category it
   never saw (or its "__other__") and one for a missing value, each standardised by its reference
@@ -29,7 +30,12 @@ A one-sided CUSUM S = max(0, S + sign·z − k) is the quickest detector of a me
 k = δ/2, up and down (SHIFTS). Several k's cost little, because thresholds grow only with the log
 of the run length. The categories' indicators and the missing rate get up-charts only (a category
 losing share means others gain it), and performance only an up-chart on the error: a model that
-gets better is not an alarm.
+gets better is not an alarm. A regressor's card also has the held-out residuals y − ŷ: with
+`detectors_for(..., residuals=True)` the performance detector (PerformanceDetector) takes the
+signed residual and adds up and down charts on it, standardised by the held-out residuals: a bias
+either way is a degradation, and it shows long before the absolute error grows (y_true moved by
+half a residual σ: 157 events instead of 3,400, bench/drift.py). An older card, or a classifier's,
+has no residuals; its performance detector takes the absolute error as before.
 
 Calibration
 -----------
@@ -43,14 +49,29 @@ scored like live values and, for the standardised scale, rescaled to mean 0 and 
 reference sample's scores are, plus a value past each end of the reference's range with
 probability 1/(2(n + 1)) each (the training sample's min and max are not the population's).
 Calibrating the diabetes card's 13 detectors takes under a second; `false_alarms_per_100k` = 0.1,
-1 or 10 moves the delay of a 0.25 σ shift between about 850, 700 and 550 events (bench/drift.py).
+1 or 10 moves the delay of a 0.25 σ shift between about 620, 520 and 410 events (zero-state,
+computed, at the default margin; bench/drift.py).
 
 The reference is a sample of n rows, so a live stream from the same population differs from it by
 about one standard error: the mean by 1/√n σ, the spread by 1/√(2n). A CUSUM tuned to small shifts
 sees that as drift, and its false-alarm rate grows exponentially with the offset.
 `reference_margin` (in standard errors) calibrates every chart against the least favourable live
 population within that margin, so that the budget holds for any of them; 0 trusts the reference
-as the population.
+as the population. Measured on the diabetes card (bench/drift.py, all 13 detectors, 1 per 100k,
+2,000,000 events per stationary stream; mean delay of bmi's detector):
+
+    margin   false alarms per 100k:            bmi shifted by           y_true moved by
+             training population / `make run`  0.25 / 0.5 / 1 σ         0.5 / 1 residual σ
+    0        0.40 / 1.15                       401 / 110 / 33           111 / 32
+    0.5      0.15 / 0.15                       543 / 137 / 37           157 / 40
+    1        0.00 / 0.00                       653 / 152 / 40           235 / 46
+
+The default, DEFAULT_REFERENCE_MARGIN = 0.5, is the smallest margin whose measured rate on both
+stationary streams stays within half the budget (0.5 per 100k: 2M events give only a handful of
+alarms, so a rate measured at the budget could as well be above it). Margin 0 raised 1.15 per 100k
+on the replay of all 442 rows, above the budget itself: the 89 held-out rows make that population
+differ from the 353-row reference by about half a standard error. Margin 1 bought nothing
+measurable on these streams and cost 20 % more delay at 0.25 σ.
 
 Alarms
 ------
@@ -58,15 +79,35 @@ A detector raises when any chart reaches its threshold and then stays raised, ea
 its threshold, until every chart has fallen below half of it (RESOLVE_FRACTION): one alert per
 episode, resolved within about h/(2k) events of the stream returning to the reference. Its score is
 max(S/h) over its charts, so its threshold is 1. An explanation names the chart that fired, the
-reference, and the values since that chart last stood at 0 (the CUSUM's estimate of when the change
-began): how many, their mean or the category's share among them.
+reference, the values since that chart last stood at 0 (the CUSUM's estimate of when the change
+began): how many, their mean or the category's share among them, and the last 100 values the
+detector took in (`recent`: their mean, or the categories' shares).
+
+Speed
+-----
+`update(value)` takes one event in plain Python; `update_batch(values)` takes a batch of a stream's
+events at once with numpy and returns exactly the decisions, and leaves exactly the state, that
+update() value by value would. The statistics are integers (fixed point, 2⁻³²), so the prefix sums
+of a batch are exact and S_t = C_t − min(−S_0, min_{s≤t} C_s) is the recursion itself; a raise or a
+resolve cuts the batch, and an open episode (charts held at their thresholds) is a composition of
+clamps, computed by doubling. The values since a chart last stood at 0 are added in order, as
+update() adds them. A DetectorSet feeds a stream's detectors a batch as columns and runs the numeric
+ones through one pass together. CPU per event for the diabetes card's 13 detectors (bench/drift.py,
+µs, process time on a shared 2-core machine; one event at a time cost 168 before batches):
+
+    batch of                          1      10     100    1,000
+    each detector's update_batch     67      52     7.4    2.5     (a batch of 1 is update())
+    a DetectorSet per stream         74      27     4.7    1.3
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import operator
+from collections import deque
 from dataclasses import dataclass
+from functools import reduce
 from statistics import NormalDist
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -80,14 +121,21 @@ SHIFTS = (0.25, 0.5, 1.0)  # the mean shifts, in reference σ, a chart is tuned 
 Z_CAP = 3.5  # scores are clipped to ±Z_CAP: one outlier counts, but can't raise an alarm alone
 GRID_POINTS = 4000  # evenly spaced probabilities at which the reference is sampled for calibration
 RESOLVE_FRACTION = 0.5  # resolved once every chart is below this share of its threshold
-RECENT_WEIGHT = 0.01  # EWMA weight of the recent values shown on the dashboard (≈ the last 100)
+RECENT_VALUES = 100  # the explanation's recent values: the last 100 the detector took in
 DEFAULT_FALSE_ALARMS_PER_100K = 1.0
-DEFAULT_REFERENCE_MARGIN = 1.0
+DEFAULT_REFERENCE_MARGIN = 0.5  # standard errors; the module's docstring has the measurements
 MAX_CATEGORIES = 20  # categories with an indicator of their own; the rarer ones share "__other__"
 OTHER = "__other__"  # as in mlmonitor.reference
 UNSEEN = "__unseen__"
 MISSING = "__missing__"
+VALUE = "value"  # a chart on the value's score
+RESIDUAL = "residual"  # a chart on the signed residual's score (PerformanceDetector)
 UP, DOWN = 1, -1
+FIXED_POINT = 2 ** 32  # statistics are integers in units of 2⁻³²: sums exact, in any order (Detector)
+NEVER = 2 ** 62  # the fixed-point threshold of a chart that can't alarm
+CHUNK = 2048  # events per vectorised pass: keeps the int64 prefix sums far from overflowing
+SMALL_BATCH = 4  # fewer events than this: update_batch takes them one at a time, which costs less
+SHORT_RUN = 128  # DetectorSet adds up runs up to this long as one table, longer ones one by one
 
 FEATURE_DRIFT = "feature_drift"
 PREDICTION_DRIFT = "prediction_drift"
@@ -96,7 +144,6 @@ PERFORMANCE = "performance"
 RAISED, RESOLVED = "raised", "resolved"
 
 _NORMAL = NormalDist()
-NOT_ONE = np.zeros(1, dtype=bool)  # "not this one stream", for the one-stream shortcut
 
 
 @dataclass(frozen=True)
@@ -167,6 +214,9 @@ class NormalScores:
         z[inside] = np.vectorize(_NORMAL.inv_cdf, otypes=[float])(p[inside])
         return np.clip(z, -Z_CAP, Z_CAP)
 
+    def fixed_scores(self, values: np.ndarray) -> np.ndarray:
+        return _fixed_array(self.scores(values))
+
     def in_control(self) -> np.ndarray:
         return self.scores(reference_sample(self.xs, self.ps))
 
@@ -183,6 +233,15 @@ class StandardisedScores:
 
     def score(self, x: float) -> float:
         return min(max((x - self.mean) / self.std, -Z_CAP), Z_CAP)
+
+    def fixed_scores(self, values: np.ndarray) -> np.ndarray:
+        """round(score · FIXED_POINT) of many values, the same operations as `score`, in place."""
+        z = values - self.mean
+        z /= self.std
+        np.maximum(z, -Z_CAP, out=z)
+        np.minimum(z, Z_CAP, out=z)
+        z *= FIXED_POINT
+        return np.rint(z, out=z).astype(np.int64)
 
     def scores(self, values: np.ndarray) -> np.ndarray:
         return np.clip((values - self.mean) / self.std, -Z_CAP, Z_CAP)
@@ -232,63 +291,101 @@ def _has_values(stats: Mapping[str, Any]) -> bool:
 
 # --- charts ---------------------------------------------------------------------------------------
 
+def _fixed(number: float) -> int:
+    """A statistic's increment in fixed point: an integer number of 1/FIXED_POINT."""
+    return round(number * FIXED_POINT)
+
+
+def _fixed_array(numbers: np.ndarray) -> np.ndarray:
+    return np.rint(np.asarray(numbers, dtype=float) * FIXED_POINT).astype(np.int64)
+
+
 class ChartBank:
-    """The CUSUM statistics of a detector's charts on one stream or many at once (rows: streams,
-    columns: charts), with what each chart has seen since it last stood at 0: the number of values
-    and their total (the value, or the indicator), for the explanation."""
+    """The CUSUM statistics of a detector's charts on many streams at once (rows: streams, columns:
+    charts), fixed point, and which streams are raised: the simulations' path (update_many), which
+    decides as one stream does and keeps nothing for the explanation."""
 
-    def __init__(self, charts: int, streams: int = 1):
-        self.statistic = np.zeros((streams, charts))
-        self.run_events = np.zeros((streams, charts), dtype=np.int64)
-        self.run_total = np.zeros((streams, charts))
+    def __init__(self, charts: int, streams: int):
+        self.statistic = np.zeros((streams, charts), dtype=np.int64)
+        self.raised = np.zeros(streams, dtype=bool)
 
-    def step(self, increments: np.ndarray, raw: np.ndarray, active: np.ndarray | None = None) -> None:
-        """S = max(0, S + increment) where `active` (all by default); a chart back at 0 starts a new run."""
-        if active is not None:
-            return self._step_where(increments, raw, active)
+    def step(self, increments: np.ndarray, limit: np.ndarray, resolve_at: np.ndarray) -> np.ndarray:
+        """One event per stream (an increment of 0 for a chart that doesn't take it); per stream 1
+        (raised), −1 (resolved) or 0."""
         statistic = self.statistic
-        statistic += increments  # in place: on one stream, the per-event cost is the number of numpy calls
-        np.maximum(statistic, 0.0, out=statistic)
-        running = statistic > 0
-        self.run_events += 1
-        self.run_events *= running
-        self.run_total += raw
-        self.run_total *= running
+        statistic += increments
+        np.maximum(statistic, 0, out=statistic)
+        raised = ~self.raised & (statistic >= limit).any(axis=1)
+        resolved = self.raised & (statistic < resolve_at).all(axis=1)
+        self.raised = (self.raised | raised) & ~resolved
+        if self.raised.any():
+            np.minimum(statistic, limit, out=statistic, where=self.raised[:, None])
+        return raised.astype(np.int8) - resolved.astype(np.int8)
 
-    def _step_where(self, increments: np.ndarray, raw: np.ndarray, active: np.ndarray) -> None:
-        statistic = np.maximum(self.statistic + increments, 0.0)
-        running = statistic > 0
-        self.run_events = np.where(active, np.where(running, self.run_events + 1, 0), self.run_events)
-        self.run_total = np.where(active, np.where(running, self.run_total + raw, 0.0), self.run_total)
-        self.statistic = np.where(active, statistic, self.statistic)
 
-    def to_state(self) -> dict:
-        return {"statistic": self.statistic[0].tolist(), "run_events": self.run_events[0].tolist(),
-                "run_total": self.run_total[0].tolist()}
+class _Batch:
+    """A batch of one stream's events, prepared for the vectorised pass (rows: events, columns:
+    charts): fixed-point increments (0 where a chart doesn't take the event), which charts take it
+    (None: all), the raw values the explanation adds up, and what `recent` keeps."""
 
-    def load(self, state: Mapping[str, Any]) -> None:
-        self.statistic = np.array([state["statistic"]], dtype=float)
-        self.run_events = np.array([state["run_events"]], dtype=np.int64)
-        self.run_total = np.array([state["run_total"]], dtype=float)
+    __slots__ = ("size", "increments", "active", "present", "raw", "indicator", "recent", "_lists")
+
+    def __init__(self, increments: np.ndarray, *, active: np.ndarray | None = None, present: np.ndarray | None = None,
+                 raw: list[np.ndarray] | None = None, indicator: np.ndarray | None = None,
+                 recent: np.ndarray | None = None):
+        self.size = len(increments)
+        self.increments = increments
+        self.active = active  # events × charts taking part; None when every chart takes every event
+        self.present = present  # events with a value (numbers); None when all have one
+        self.raw = raw  # per source, the values its charts' runs add up (where present)
+        self.indicator = indicator  # events × charts, 0/1: what a counting chart's run adds up; None: all 0
+        self.recent = recent  # what `recent` keeps of these events, in order
+        self._lists: dict = {}
+
+    def present_values(self, source: int, start: int, end: int) -> list[float]:
+        """The source's values of the events start … end − 1 that have one, as floats."""
+        key = (source, start, end)
+        if key not in self._lists:
+            values = self.raw[source][start:end]
+            self._lists[key] = (values if self.present is None else values[self.present[start:end]]).tolist()
+        return self._lists[key]
 
 
 class Detector:
     """What every detector shares: charts, thresholds, the raised/resolved episode, the state.
 
-    `update(value)` takes one event of the service's stream. `update_many(values)` takes one event of
-    each of many independent streams at once (the benchmark's and the tests' simulations) and
-    returns per stream 1 (raised), −1 (resolved) or 0; `streams` sets how many, at construction."""
+    One stream: `update(value)` takes one event, `update_batch(values)` many consecutive ones at
+    once, vectorised, with exactly the decisions and state that `update` value by value gives.
+    `update_many(values)` takes one event of each of many independent streams at once (the
+    benchmark's and the tests' simulations) and returns per stream 1 (raised), −1 (resolved) or 0;
+    `streams` sets how many, at construction.
+
+    A chart's statistic is kept in fixed point, an integer number of 1/FIXED_POINT (2⁻³²), and its
+    increments are rounded to that grid once, when the value is scored: integer sums are exact and
+    associative, so a batch's prefix sums give bit for bit the statistic that adding one event at a
+    time gives, however the events are split into batches. The rounding (2·10⁻¹⁰ σ) is far below
+    anything the calibration resolves."""
 
     threshold = 1.0  # the score is max(S/h) over the charts
+    takes_residuals = False  # the performance detector of a card with residuals takes y − ŷ, not |y − ŷ|
 
     def __init__(self, name: str, kind: str, feature: str | None, charts: list[Chart], streams: int = 1):
         self.name, self.kind, self.feature = name, kind, feature
         self.charts = charts
-        self.ks = np.array([chart.k for chart in charts])
-        self.thresholds = np.full(len(charts), math.inf)
-        self.bank = ChartBank(len(charts), streams)
-        self.raised = np.zeros(streams, dtype=bool)
+        self.ks = np.array([chart.k for chart in charts], dtype=float)
+        self.streams = streams
         self.events = 0
+        size = len(charts)
+        # one stream: plain lists, cheapest for one event at a time
+        self._statistic = [0] * size  # fixed point
+        self._run_events = [0] * size  # values since the chart last stood at 0
+        self._run_total = [0.0] * size  # their total (the value, or the indicator), added in order
+        self._raised = False
+        self._recent: deque = deque(maxlen=RECENT_VALUES)
+        self._summed = self._counting = np.zeros(0, dtype=np.int64)  # charts adding up values / 0s and 1s
+        self._chart_index = np.arange(size)
+        self.bank = ChartBank(size, streams) if streams > 1 else None  # many streams
+        self.set_thresholds([math.inf] * size)
 
     # calibration
     def in_control(self, chart: Chart) -> tuple[ScoreDistribution, int]:
@@ -297,99 +394,204 @@ class Detector:
 
     def set_thresholds(self, thresholds: Iterable[float]) -> None:
         self.thresholds = np.array(list(thresholds), dtype=float)
-        self._resolve_below = RESOLVE_FRACTION * self.thresholds
+        self._limit = _fixed_limits(self.thresholds)  # S ≥ h ⇔ fixed S ≥ ⌈h·FIXED_POINT⌉
+        self._resolve_at = _fixed_limits(RESOLVE_FRACTION * self.thresholds)
+        self._limits, self._resolves = self._limit.tolist(), self._resolve_at.tolist()
+        self._scored = [(chart, h) for chart, h in enumerate(self.thresholds.tolist()) if math.isfinite(h)]
 
-    # one stream
+    @property
+    def raised(self) -> np.ndarray:
+        """Per stream, whether an episode is open."""
+        return self.bank.raised if self.bank is not None else np.array([self._raised])
+
+    # one stream, one event
     def update(self, value: Any) -> Decision | None:
         """Takes one value (None or NaN when missing); returns a Decision when an episode starts or ends."""
+        self._one_stream()
         self.events += 1
-        self._take(self._increments_one(value))
-        return self._decide_one()
+        increments, raws = self._take_one(value)
+        statistic, run_events, run_total = self._statistic, self._run_events, self._run_total
+        for chart, increment in enumerate(increments):
+            if increment is None:  # the chart doesn't take this event (a missing value)
+                continue
+            level = statistic[chart] + increment
+            if level > 0:
+                statistic[chart] = level
+                run_events[chart] += 1
+                run_total[chart] += raws[chart]
+            else:
+                statistic[chart], run_events[chart], run_total[chart] = 0, 0, 0.0
+        if not self._raised:
+            if any(map(operator.ge, statistic, self._limits)):
+                return self._flip()
+            return None
+        if all(map(operator.lt, statistic, self._resolves)):
+            return self._flip()
+        self._statistic = list(map(min, statistic, self._limits))
+        return None
 
     @property
     def score(self) -> float:
-        return float(self._ratios()[0].max(initial=0.0))
+        statistic = self._statistic
+        return max((statistic[chart] / FIXED_POINT / h for chart, h in self._scored), default=0.0)
+
+    # one stream, many events
+    def update_batch(self, values: Sequence[Any] | np.ndarray) -> list[Decision]:
+        """Takes consecutive values of the stream at once; returns the Decisions, in order, that
+        update() value by value would have returned, and leaves the same state.
+
+        Vectorised: while no episode is open, the charts' statistics over the batch follow from
+        their prefix sums C (S_t = C_t − min(−S_0, min_{s≤t} C_s)); an open episode holds each chart
+        at its threshold, S_t = min(h, max(0, S_{t−1} + x_t)), a composition of clamps computed by
+        doubling. The batch is cut at each raise and resolve, which are decided as update() does."""
+        self._one_stream()
+        if not hasattr(values, "__len__"):
+            values = list(values)
+        if len(values) < SMALL_BATCH:
+            return [decision for decision in map(self.update, values) if decision is not None]
+        decisions = []
+        for start in range(0, len(values), CHUNK):
+            decisions += self._update_chunk(values[start:start + CHUNK])
+        return decisions
+
+    def _update_chunk(self, values) -> list[Decision]:
+        batch = self._prepare(values)
+        decisions = []
+        start = 0
+        while start < batch.size:
+            levels, decided = self._walk(batch.increments[start:])
+            end = start + len(levels)
+            self._commit(batch, start, levels)
+            if decided:
+                decisions.append(self._flip())
+            start = end
+        return decisions
+
+    def _walk(self, increments: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The statistics after each event (rows), up to the first that raises or resolves (and
+        whether one did)."""
+        start = np.array(self._statistic, dtype=np.int64)
+        prefix = np.cumsum(increments, axis=0)
+        if not self._raised:
+            lowest = np.minimum.accumulate(prefix, axis=0)
+            np.minimum(lowest, -start, out=lowest)
+            levels = prefix - lowest
+            reached = levels >= self._limit
+            if reached.any():
+                end = int(reached.any(axis=1).argmax())
+                return levels[:end + 1], True
+            return levels, False
+        levels = _clamped_walk(start, prefix, self._limit)
+        resolved = (levels < self._resolve_at).all(axis=1)
+        if resolved.any():
+            end = int(resolved.argmax())
+            return levels[:end + 1], True
+        return levels, False
+
+    def _commit(self, batch: _Batch, start: int, levels: np.ndarray) -> None:
+        """The state after the events start … start + len(levels) − 1 of the batch: the statistics,
+        and per chart the values since it last stood at 0, as update() counts and adds them."""
+        rows = len(levels)
+        end = start + rows
+        charts = self._chart_index
+        # The event each chart last stood at 0 (at an event a chart doesn't take, it stood at 0 since
+        # the last one it took, or since before the batch, with nothing counted: the same run).
+        at_zero = levels[::-1] == 0
+        back = at_zero.argmax(axis=0)  # events after it
+        restarted = at_zero[back, charts]
+        last = rows - 1 - back
+        if batch.active is None:
+            run_events = np.where(restarted, back, np.array(self._run_events) + rows)
+        else:
+            taken = np.cumsum(batch.active[start:end], axis=0)
+            run_events = np.where(restarted, taken[-1] - taken[last, charts], np.array(self._run_events) + taken[-1])
+        totals = np.where(restarted, 0.0, np.array(self._run_total, dtype=float))
+        if batch.indicator is not None:  # counting charts: sums of 0s and 1s are exact in any order
+            hits = np.cumsum(batch.indicator[start:end], axis=0)
+            counted = np.where(restarted, hits[-1] - hits[last, charts], hits[-1])
+            totals[self._counting] += counted[self._counting]
+        totals = totals.tolist()
+        if batch.raw is not None and self._summed.size:  # value charts: their values added one by one, in order
+            first = last + 1 if batch.present is None else \
+                np.searchsorted(np.flatnonzero(batch.present[start:end]), last, side="right")
+            for chart, source, again, begin in zip(self._summed_list, self._summed_sources_list,
+                                                   restarted[self._summed].tolist(), first[self._summed].tolist()):
+                values = batch.present_values(source, start, end)
+                totals[chart] = reduce(operator.add, values[begin:] if again else values, totals[chart])
+        self._statistic = levels[-1].tolist()
+        self._run_events = run_events.tolist()
+        self._run_total = totals
+        self.events += rows
+        if batch.recent is not None:
+            kept = batch.recent[start:end]
+            if batch.present is not None:
+                kept = kept[batch.present[start:end]]
+            self._recent.extend(kept[-RECENT_VALUES:].tolist())
+
+    def _flip(self) -> Decision:
+        """Opens or closes the episode at the current event; a raised detector's charts are then held
+        at their thresholds, so that they fall back within about h/(2k) events of the stream's
+        return, however long the episode was."""
+        self._raised = not self._raised
+        decision = Decision(RAISED if self._raised else RESOLVED, self.kind, self.feature, self.events,
+                            round(self.score, 4), self.threshold, self.explain())
+        if self._raised:
+            self._statistic = list(map(min, self._statistic, self._limits))
+        return decision
+
+    def _one_stream(self) -> None:
+        if self.bank is not None:
+            raise TypeError(f"detector {self.name} runs {self.streams} streams at once: use update_many")
 
     # many streams
     def update_many(self, values: Sequence[Any] | np.ndarray) -> np.ndarray:
+        if self.bank is None:
+            decision = self.update(values[0])
+            return np.array([0 if decision is None else 1 if decision.state == RAISED else -1], dtype=np.int8)
         self.events += 1
-        self._take(self._increments_many(values))
-        raised, resolved = self._episodes()
-        self._hold()
-        return raised.astype(np.int8) - resolved.astype(np.int8)
+        return self.bank.step(self._prepare(values).increments, self._limit, self._resolve_at)
 
-    # the recursion
-    def _increments_one(self, value: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(increments, raw values, active charts) of one event, each of shape (1, charts)."""
+    # what each kind of detector makes of its values
+    def _take_one(self, value: Any) -> tuple[list, list]:
+        """(increments, raw values) of one event, one per chart (increment None: the chart doesn't
+        take it), remembering what `recent` keeps."""
         raise NotImplementedError
 
-    def _increments_many(self, values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _prepare(self, values: Sequence[Any] | np.ndarray) -> _Batch:
         raise NotImplementedError
-
-    def _take(self, step: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> None:
-        self.bank.step(*step)
-
-    def _ratios(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(np.isfinite(self.thresholds), self.bank.statistic / self.thresholds, 0.0)
-
-    def _episodes(self) -> tuple[np.ndarray, np.ndarray]:
-        """(streams that raise now, streams that resolve now)."""
-        statistic = self.bank.statistic
-        if self.raised.size == 1:  # one stream: look only at what can change
-            if not self.raised[0]:
-                raised = (statistic >= self.thresholds).any(axis=1)
-                self.raised = raised
-                return raised, NOT_ONE
-            resolved = (statistic < self._resolve_below).all(axis=1)
-            self.raised = ~resolved
-            return NOT_ONE, resolved
-        raised = ~self.raised & (statistic >= self.thresholds).any(axis=1)
-        resolved = self.raised & (statistic < self._resolve_below).all(axis=1)
-        self.raised = (self.raised | raised) & ~resolved
-        return raised, resolved
-
-    def _hold(self) -> None:
-        """A raised stream's charts stay at their thresholds, so that they fall back within about
-        h/(2k) events of the stream's return, however long the episode was."""
-        if self.raised.any():
-            held = np.minimum(self.bank.statistic, self.thresholds)
-            self.bank.statistic = np.where(self.raised[:, None], held, self.bank.statistic)
-
-    def _decide_one(self) -> Decision | None:
-        raised, resolved = self._episodes()
-        decision = None
-        if raised[0] or resolved[0]:
-            decision = Decision(RAISED if raised[0] else RESOLVED, self.kind, self.feature, self.events,
-                                round(self.score, 4), self.threshold, self.explain())
-        self._hold()
-        return decision
 
     # the explanation
+    def _ratios(self) -> np.ndarray:
+        ratios = np.zeros(len(self.charts))
+        for chart, h in self._scored:
+            ratios[chart] = self._statistic[chart] / FIXED_POINT / h
+        return ratios
+
     def explain(self) -> dict:
         """Why the score is what it is: the leading chart, the reference, the recent values."""
-        ratios = self._ratios()[0]
+        ratios = self._ratios()
         index = int(np.argmax(ratios))
         chart = self.charts[index]
-        events = int(self.bank.run_events[0, index])
-        total = float(self.bank.run_total[0, index])
+        events = int(self._run_events[index])
+        total = float(self._run_total[index])
         return {
             "detector": self.name, "kind": self.kind, "feature": self.feature,
-            "state": RAISED if self.raised[0] else "normal", "events": self.events,
+            "state": RAISED if self._raised else "normal", "events": self.events,
             "score": round(float(ratios.max(initial=0.0)), 4), "threshold": self.threshold,
             "chart": {"channel": chart.channel, "direction": chart.direction, "k": chart.k,
-                      "statistic": round(float(self.bank.statistic[0, index]), 4),
+                      "statistic": round(self._statistic[index] / FIXED_POINT, 4),
                       "threshold": round(float(self.thresholds[index]), 4)},
             "since": {"from_event": self.events - events + 1, "events": events,
                       **self._since_summary(chart, events, total)},
-            "reference": self._reference_summary(),
+            "reference": self._reference_summary(chart),
             "recent": self._recent_summary(),
         }
 
     def _since_summary(self, chart: Chart, events: int, total: float) -> dict:
         raise NotImplementedError
 
-    def _reference_summary(self) -> dict:
+    def _reference_summary(self, chart: Chart) -> dict:
+        """The reference of what `chart` watches."""
         raise NotImplementedError
 
     def _recent_summary(self) -> dict:
@@ -401,20 +603,27 @@ class Detector:
         thresholds (no recalibration) and the statistics of the (single) stream."""
         return {"format": STATE_FORMAT, "type": type(self).__name__, "config": self._config(),
                 "thresholds": [None if math.isinf(h) else h for h in self.thresholds.tolist()],
-                "raised": bool(self.raised[0]), "events": self.events, "charts": self.bank.to_state(),
-                "recent": self._recent_state()}
+                "raised": self._raised, "events": self.events,
+                "charts": {"statistic": [level / FIXED_POINT for level in self._statistic],
+                           "run_events": list(self._run_events), "run_total": list(self._run_total)},
+                "recent": {"values": list(self._recent)}}
 
     @staticmethod
     def from_state(state: Mapping[str, Any]) -> Detector:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"unknown detector state format {state.get('format')!r}")
-        detector_type = {cls.__name__: cls for cls in (NumericDetector, CategoricalDetector)}[state["type"]]
-        detector = detector_type(**state["config"])
+        types = {cls.__name__: cls for cls in (NumericDetector, CategoricalDetector, PerformanceDetector)}
+        detector = types[state["type"]](**state["config"])
         detector.set_thresholds(math.inf if h is None else h for h in state["thresholds"])
-        detector.raised = np.array([bool(state["raised"])])
+        detector._raised = bool(state["raised"])
         detector.events = int(state["events"])
-        detector.bank.load(state["charts"])
-        detector._load_recent(state["recent"])
+        charts = state["charts"]
+        detector._statistic = [_fixed(float(level)) for level in charts["statistic"]]  # exact: a multiple of 2⁻³²
+        detector._run_events = [int(events) for events in charts["run_events"]]
+        detector._run_total = [float(total) for total in charts["run_total"]]
+        recent = state.get("recent")
+        if isinstance(recent, Mapping):  # before batches, `recent` was an average; it starts afresh
+            detector._recent.extend(recent.get("values", []))
         return detector
 
     def copy_for(self, streams: int) -> Detector:
@@ -426,15 +635,80 @@ class Detector:
     def _config(self) -> dict:
         raise NotImplementedError
 
-    def _recent_state(self) -> Any:
-        raise NotImplementedError
 
-    def _load_recent(self, recent: Any) -> None:
-        raise NotImplementedError
+def _fixed_limits(thresholds: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(thresholds)
+    fixed = np.minimum(np.ceil(np.where(finite, thresholds, 0.0) * FIXED_POINT), NEVER)
+    return np.where(finite, fixed, NEVER).astype(np.int64)
+
+
+def _clamped_walk(start: np.ndarray, prefix: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """S_t = min(limit, max(0, S_{t−1} + x_t)) for every t, from S_0 = `start` and the prefix sums of x.
+
+    Each step is a clamp, s ↦ clamp(s + x, 0, limit), and clamps compose into a clamp:
+    clamp(clamp(s + a, l₁, h₁) + b, l₂, h₂) = clamp(s + a + b, clamp(l₁ + b, l₂, h₂), clamp(h₁ + b, l₂, h₂)).
+    Doubling (Hillis–Steele) composes the steps up to every t in ⌈log₂ T⌉ rounds; integers, so exact."""
+    events = len(prefix)
+    low = np.zeros_like(prefix)
+    high = np.broadcast_to(limit, prefix.shape).copy()
+    span = 1
+    while span < events:
+        moved = prefix[span:] - prefix[:-span]  # what the later span adds
+        low_before, high_before = low[:-span] + moved, high[:-span] + moved
+        new_low = np.clip(low_before, low[span:], high[span:])
+        high[span:] = np.clip(high_before, low[span:], high[span:])
+        low[span:] = new_low
+        span *= 2
+    return np.clip(start + prefix, low, high)
+
+
+def _sums_in_order(raw: np.ndarray, sources: np.ndarray, first: np.ndarray, initial: np.ndarray) -> np.ndarray:
+    """Per chart c: initial[c] + raw[sources[c], first[c]] + raw[sources[c], first[c] + 1] + …, added
+    left to right as update() adds them: short runs as one table (np.add.accumulate is sequential,
+    and −0.0 pads exactly), long ones one by one (reduce), so the work is the runs' length."""
+    events = raw.shape[1]
+    totals = initial.copy()
+    width = events - first
+    short = np.flatnonzero(width <= SHORT_RUN)
+    if short.size:
+        span = int(width[short].max())
+        if span:
+            index = first[short, None] + np.arange(span)
+            taken = raw[sources[short, None], np.minimum(index, events - 1)]
+            table = np.concatenate([initial[short, None], np.where(index < events, taken, -0.0)], axis=1)
+            totals[short] = np.add.accumulate(table, axis=1)[:, -1]
+    long = np.flatnonzero(width > SHORT_RUN)
+    if long.size:
+        rows = {}
+        for chart in long.tolist():
+            source = int(sources[chart])
+            if source not in rows:
+                rows[source] = raw[source].tolist()
+            totals[chart] = reduce(operator.add, rows[source][int(first[chart]):], float(initial[chart]))
+    return totals
+
+
+@dataclass(frozen=True)
+class Source:
+    """A number a NumericDetector scores: its channel, reference, scale, the sides watched, and
+    whether the value's absolute value is what is scored (the error of a residual)."""
+
+    channel: str
+    stats: Mapping[str, Any]
+    scale: Any
+    sides: tuple[str, ...]
+    absolute: bool = False
+
+
+def _scale_for(stats: Mapping[str, Any], method: str):
+    if not _has_values(stats):
+        return None
+    scale = SCALES[method] if stats.get("std") else NormalScores  # a constant column can't be standardised
+    return scale(stats)
 
 
 class NumericDetector(Detector):
-    """A number's distribution: up and down charts on its normal score (`sides=("up",)` for
+    """A number's distribution: up and down charts on its score (`sides=("up",)` for
     performance), and up-charts on its missing rate."""
 
     def __init__(self, name: str, kind: str, stats: Mapping[str, Any], *, feature: str | None = None,
@@ -442,80 +716,144 @@ class NumericDetector(Detector):
                  watch_missing: bool = True, shifts: Sequence[float] = SHIFTS, streams: int = 1):
         self.stats = dict(stats)
         self.sides, self.method, self.watch_missing, self.shifts = tuple(sides), method, watch_missing, tuple(shifts)
-        scale = SCALES[method] if stats.get("std") else NormalScores  # a constant column can't be standardised
-        self.scale = scale(stats) if _has_values(stats) else None
-        signs = [UP if side == "up" else DOWN for side in self.sides]
-        charts = [Chart("value", sign, shift / 2) for shift in self.shifts for sign in signs] if self.scale else []
+        self.scale = _scale_for(stats, method)
+        self.sources = [source for source in self._sources() if source.scale is not None]
+        charts = [Chart(source.channel, UP if side == "up" else DOWN, shift / 2)
+                  for source in self.sources for shift in self.shifts for side in source.sides]
         self.missing_rate = _floor_rate(stats["missing_rate"], stats["count"])
         if watch_missing:
             charts += [Chart(MISSING, UP, shift / 2) for shift in self.shifts]
         super().__init__(name, kind, feature, charts, streams)
-        self.value_charts = np.array([chart.channel == "value" for chart in charts])
-        self.signs = np.array([chart.sign if chart.channel == "value" else 0 for chart in charts], dtype=float)
-        sigma = math.sqrt(self.missing_rate * (1 - self.missing_rate))
-        missing_charts = ~self.value_charts
-        self.when_missing = np.where(missing_charts, (1 - self.missing_rate) / sigma, 0.0) - self.ks
-        self.when_present = np.where(missing_charts, -self.missing_rate / sigma, 0.0) - self.ks
-        self.value_raw = self.value_charts.astype(float)  # what a chart's run adds up: the value,
-        self.missing_raw = 1.0 - self.value_raw  # or the missing indicator
-        start = stats["mean"] if _has_values(stats) else math.nan
-        self.recent_mean = np.full(streams, start)  # EWMA of the present values, from the reference's mean
+        self._lay_out()
+
+    def _sources(self) -> list[Source]:
+        return [Source(VALUE, self.stats, self.scale, self.sides)]
+
+    def _lay_out(self) -> None:
+        """Each chart's fixed-point increment: −k + sign·score for a value chart; for a missing-rate
+        chart, its standardised indicator − k, when the value is there and when it is missing."""
+        p = self.missing_rate
+        sigma = math.sqrt(p * (1 - p))
+        position = {source.channel: index for index, source in enumerate(self.sources)}
+        missing = [chart.channel == MISSING for chart in self.charts]
+        base = [_fixed(-p / sigma - chart.k) if gone else _fixed(-chart.k) for chart, gone in zip(self.charts, missing)]
+        signs = [0 if gone else chart.sign for chart, gone in zip(self.charts, missing)]
+        sources = [0 if gone else position[chart.channel] for chart, gone in zip(self.charts, missing)]
+        when_missing = [_fixed((1 - p) / sigma - chart.k) if gone else 0 for chart, gone in zip(self.charts, missing)]
+        self._missing_chart = np.array(missing, dtype=bool)
+        self._base, self._signs = np.array(base, dtype=np.int64), np.array(signs, dtype=np.int64)
+        self._source_of_chart = np.array(sources, dtype=np.int64)
+        self._when_missing = np.array(when_missing, dtype=np.int64)
+        self._summed = np.flatnonzero(~self._missing_chart)  # charts whose runs add up values
+        self._counting = np.flatnonzero(self._missing_chart)  # and those adding up missing indicators
+        self._summed_sources = self._source_of_chart[self._summed]
+        self._summed_list, self._summed_sources_list = self._summed.tolist(), self._summed_sources.tolist()
+        # one event at a time
+        self._present_terms = list(zip(base, signs, sources))
+        self._missing_step = [step if gone else None for step, gone in zip(when_missing, missing)]
+        self._missing_raws = [1.0 if gone else 0.0 for gone in missing]
+        self._raw_source = [None if gone else source for source, gone in zip(sources, missing)]
+        self._source_index = position
 
     def in_control(self, chart: Chart) -> tuple[ScoreDistribution, int]:
         if chart.channel == MISSING:
             return ScoreDistribution.two_point(self.missing_rate), self.stats["count"]
-        count = self.scale.count
+        scale = self.sources[self._source_index[chart.channel]].scale
+        count = scale.count
         tail = 0.5 / (count + 1)  # a value past either end of the reference's range
-        scores = np.concatenate([self.scale.in_control(), [-Z_CAP, Z_CAP]])
+        scores = np.concatenate([scale.in_control(), [-Z_CAP, Z_CAP]])
         weights = np.concatenate([np.full(GRID_POINTS, (1 - 2 * tail) / GRID_POINTS), [tail, tail]])
         return ScoreDistribution(scores, weights), count
 
-    def _increments_one(self, value):
+    def _take_one(self, value):
         if value is None or not math.isfinite(value):
-            return self.when_missing[None, :], self.missing_raw[None, :], self.missing_raw[None, :] > 0
+            return self._missing_step, self._missing_raws
         value = float(value)
-        z = self.scale.score(value) if self.scale is not None else 0.0
-        self.recent_mean += RECENT_WEIGHT * (value - self.recent_mean)
-        return self.when_present + self.signs * z, self.value_raw * value, None
+        self._recent.append(value)
+        columns = [abs(value) if source.absolute else value for source in self.sources]
+        levels = [_fixed(source.scale.score(column)) for source, column in zip(self.sources, columns)]
+        increments = [base + sign * levels[source] for base, sign, source in self._present_terms]
+        return increments, [0.0 if source is None else columns[source] for source in self._raw_source]
 
-    def _increments_many(self, values):
-        values = np.asarray(values, dtype=float)
-        present = np.isfinite(values)
-        if present.all() and self.scale is not None:  # the usual case, without the masks
-            self.recent_mean += RECENT_WEIGHT * (values - self.recent_mean)
-            return self.when_present + self.signs * self.scale.scores(values)[:, None], self.value_raw * values[:, None], None
-        known = np.where(present, values, 0.0)
-        z = self.scale.scores(known) if self.scale is not None else np.zeros(values.size)
-        increments = np.where(present[:, None], self.when_present + self.signs * z[:, None], self.when_missing)
-        raw = np.where(present[:, None], self.value_raw * known[:, None], self.missing_raw)
-        self.recent_mean = np.where(present, self.recent_mean + RECENT_WEIGHT * (known - self.recent_mean), self.recent_mean)
-        return increments, raw, present[:, None] | ~self.value_charts
+    def _prepare(self, values) -> _Batch:
+        numbers = np.asarray(values, dtype=float)
+        present = np.isfinite(numbers)
+        complete = bool(present.all())
+        known = numbers if complete else np.where(present, numbers, 0.0)
+        columns = [np.abs(known) if source.absolute else known for source in self.sources]
+        if len(columns) == 1:
+            increments = self._base + self._signs * self.sources[0].scale.fixed_scores(known)[:, None]
+        elif columns:
+            levels = np.column_stack([source.scale.fixed_scores(column)
+                                      for source, column in zip(self.sources, columns)])
+            increments = self._base + self._signs * levels[:, self._source_of_chart]
+        else:  # no values in the reference: only the missing rate is watched
+            increments = np.broadcast_to(self._base, (len(numbers), len(self.charts))).copy()
+        raw = columns or None
+        if complete:
+            return _Batch(increments, raw=raw, recent=numbers)
+        increments[~present] = self._when_missing
+        active = present[:, None] | self._missing_chart
+        indicator = ~present[:, None] & self._missing_chart if self._missing_chart.any() else None
+        return _Batch(increments, active=active, present=present, raw=raw, indicator=indicator, recent=numbers)
 
     def _since_summary(self, chart: Chart, events: int, total: float) -> dict:
         if chart.channel == MISSING:
             return {"missing_rate": round(total / events, 4) if events else None}
         return {"mean": total / events if events else None}
 
-    def _reference_summary(self) -> dict:
-        summary = {key: self.stats.get(key) for key in ("count", "mean", "std", "missing_rate")}
-        summary["quantiles"] = dict(zip([str(p) for p in self.stats["quantiles"]["probabilities"]],
-                                        self.stats["quantiles"]["values"]))
-        return summary
+    def _reference_summary(self, chart: Chart) -> dict:
+        return _numeric_summary(self.stats)
 
     def _recent_summary(self) -> dict:
-        return {"mean": self._recent_state()}
+        values = list(self._recent)
+        source = self.sources[0] if self.sources else None
+        watched = [abs(value) for value in values] if source is not None and source.absolute else values
+        return {"mean": math.fsum(watched) / len(watched) if watched else None, "events": len(values)}
 
     def _config(self) -> dict:
         return {"name": self.name, "kind": self.kind, "stats": self.stats, "feature": self.feature,
                 "sides": list(self.sides), "method": self.method, "watch_missing": self.watch_missing,
                 "shifts": list(self.shifts)}
 
-    def _recent_state(self) -> Any:
-        mean = float(self.recent_mean[0])
-        return None if math.isnan(mean) else mean
 
-    def _load_recent(self, recent: Any) -> None:
-        self.recent_mean = np.array([math.nan if recent is None else float(recent)])
+class PerformanceDetector(NumericDetector):
+    """A regressor's errors when the card has its held-out residuals: takes the signed residual
+    y − ŷ. Up-charts on |y − ŷ| standardised by the held-out errors (a model that gets worse; one
+    that gets better is never an alarm), and up and down charts on y − ŷ standardised by the
+    held-out residuals (a bias either way is a degradation)."""
+
+    takes_residuals = True
+
+    def __init__(self, name: str, kind: str, stats: Mapping[str, Any], residual_stats: Mapping[str, Any], *,
+                 method: str = DEFAULT_METHOD, shifts: Sequence[float] = SHIFTS, streams: int = 1):
+        self.residual_stats = dict(residual_stats)
+        super().__init__(name, kind, stats, sides=("up",), method=method, watch_missing=False, shifts=shifts,
+                         streams=streams)
+
+    def _sources(self) -> list[Source]:
+        return [Source(VALUE, self.stats, self.scale, ("up",), absolute=True),
+                Source(RESIDUAL, self.residual_stats, _scale_for(self.residual_stats, self.method), ("up", "down"))]
+
+    def _reference_summary(self, chart: Chart) -> dict:
+        """The residuals' reference for a residual chart (the errors' nested), else the other way round."""
+        errors, residuals = _numeric_summary(self.stats), _numeric_summary(self.residual_stats)
+        return {**residuals, "errors": errors} if chart.channel == RESIDUAL else {**errors, "residuals": residuals}
+
+    def _recent_summary(self) -> dict:
+        values = list(self._recent)
+        return {**super()._recent_summary(), "residual_mean": math.fsum(values) / len(values) if values else None}
+
+    def _config(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "stats": self.stats, "residual_stats": self.residual_stats,
+                "method": self.method, "shifts": list(self.shifts)}
+
+
+def _numeric_summary(stats: Mapping[str, Any]) -> dict:
+    summary = {key: stats.get(key) for key in ("count", "mean", "std", "missing_rate")}
+    quantiles = stats["quantiles"]
+    summary["quantiles"] = dict(zip([str(p) for p in quantiles["probabilities"]], quantiles["values"]))
+    return summary
 
 
 class CategoricalDetector(Detector):
@@ -534,9 +872,10 @@ class CategoricalDetector(Detector):
         sigma = np.sqrt(self.probabilities * (1 - self.probabilities))
         self.chart_channels = np.array([self.index[chart.channel] for chart in charts])
         p = self.probabilities[self.chart_channels]
-        self.when_absent = -p / sigma[self.chart_channels] - self.ks
-        self.when_present = (1 - p) / sigma[self.chart_channels] - self.ks
-        self.recent = np.tile(self.probabilities, (streams, 1))  # EWMA of the indicators, from the reference
+        self._when_hit = _fixed_array((1 - p) / sigma[self.chart_channels] - self.ks)
+        self._when_not = _fixed_array(-p / sigma[self.chart_channels] - self.ks)
+        self._terms = list(zip(self.chart_channels.tolist(), self._when_hit.tolist(), self._when_not.tolist()))
+        self._counting = np.arange(len(charts))
 
     def in_control(self, chart: Chart) -> tuple[ScoreDistribution, int]:
         return ScoreDistribution.two_point(float(self.probabilities[self.index[chart.channel]])), self.stats["count"]
@@ -546,38 +885,33 @@ class CategoricalDetector(Detector):
             return self.index[MISSING]
         return self.index.get(value if isinstance(value, str) else label_key(value), self.catch_all)
 
-    def _increments_one(self, value):
-        return self._increments_of(np.array([self.channel_of(value)]))
+    def _take_one(self, value):
+        position = self.channel_of(value)
+        self._recent.append(position)
+        return ([hit if channel == position else miss for channel, hit, miss in self._terms],
+                [1.0 if channel == position else 0.0 for channel, _, _ in self._terms])
 
-    def _increments_many(self, values):
-        return self._increments_of(np.array([self.channel_of(value) for value in values]))
-
-    def _increments_of(self, positions: np.ndarray):
-        hit = self.chart_channels[None, :] == positions[:, None]
-        self.recent *= 1 - RECENT_WEIGHT
-        self.recent[np.arange(positions.size), positions] += RECENT_WEIGHT
-        return np.where(hit, self.when_present, self.when_absent), hit.astype(float), None
+    def _prepare(self, values) -> _Batch:
+        positions = np.array([self.channel_of(value) for value in values], dtype=np.int64)
+        hit = positions[:, None] == self.chart_channels
+        return _Batch(np.where(hit, self._when_hit, self._when_not), indicator=hit, recent=positions)
 
     def _since_summary(self, chart: Chart, events: int, total: float) -> dict:
         return {"category": chart.channel, "frequency": round(total / events, 4) if events else None,
                 "reference_frequency": round(float(self.probabilities[self.index[chart.channel]]), 4)}
 
-    def _reference_summary(self) -> dict:
+    def _reference_summary(self, chart: Chart) -> dict:
         return {"count": self.stats["count"], "missing_rate": self.stats["missing_rate"],
                 "frequencies": dict(zip(self.channels, np.round(self.probabilities, 4).tolist()))}
 
     def _recent_summary(self) -> dict:
-        return {"frequencies": dict(zip(self.channels, np.round(self.recent[0], 4).tolist()))}
+        counts = np.bincount(np.array(self._recent, dtype=np.int64), minlength=len(self.channels))
+        shares = counts / max(1, len(self._recent))
+        return {"frequencies": dict(zip(self.channels, np.round(shares, 4).tolist())), "events": len(self._recent)}
 
     def _config(self) -> dict:
         return {"name": self.name, "kind": self.kind, "stats": self.stats, "feature": self.feature,
                 "shifts": list(self.shifts), "max_categories": self.max_categories}
-
-    def _recent_state(self) -> Any:
-        return self.recent[0].tolist()
-
-    def _load_recent(self, recent: Any) -> None:
-        self.recent = np.array([recent], dtype=float)
 
 
 def _category_channels(stats: Mapping[str, Any], max_categories: int) -> tuple[list[str], list[float]]:
@@ -616,16 +950,26 @@ def _floor_rate(rate: float, count: int) -> float:
 
 def detectors_for(reference: Mapping[str, Any], *, false_alarms_per_100k: float = DEFAULT_FALSE_ALARMS_PER_100K,
                   reference_margin: float = DEFAULT_REFERENCE_MARGIN, method: str = DEFAULT_METHOD,
-                  shifts: Sequence[float] = SHIFTS) -> list[Detector]:
+                  shifts: Sequence[float] = SHIFTS, residuals: bool = False) -> list[Detector]:
     """One detector per feature, the predictions, the target and the errors, from the card's
-    `reference`, calibrated together to `false_alarms_per_100k`."""
+    `reference`, calibrated together to `false_alarms_per_100k`.
+
+    `residuals=True`: when the card has reference["residuals"] (a regressor's, from learn_model),
+    the performance detector is a PerformanceDetector, which takes the signed residual y − ŷ
+    (`takes_residuals`) and watches a bias either way besides the absolute error. Otherwise (the
+    default, a classifier, or an older card) it takes the absolute error, as the metric service logs it."""
     detectors = [_distribution_detector(f"feature.{name}", FEATURE_DRIFT, stats, name, method, shifts)
                  for name, stats in reference["features"].items()]
     detectors.append(_distribution_detector("prediction", PREDICTION_DRIFT, reference["predictions"], None, method, shifts))
     detectors.append(_distribution_detector("target", TARGET_DRIFT, reference["target"], None, method, shifts))
     if _has_values(reference["errors"]):
-        detectors.append(NumericDetector("performance", PERFORMANCE, reference["errors"], sides=("up",),
-                                         method=method, watch_missing=False, shifts=shifts))
+        residual_stats = reference.get("residuals") if residuals else None
+        if residual_stats and _has_values(residual_stats):
+            detectors.append(PerformanceDetector("performance", PERFORMANCE, reference["errors"], residual_stats,
+                                                 method=method, shifts=shifts))
+        else:
+            detectors.append(NumericDetector("performance", PERFORMANCE, reference["errors"], sides=("up",),
+                                             method=method, watch_missing=False, shifts=shifts))
     calibrate(detectors, false_alarms_per_100k, reference_margin)
     return detectors
 
@@ -635,6 +979,152 @@ def _distribution_detector(name: str, kind: str, stats: Mapping[str, Any], featu
     if stats["kind"] == "categorical":
         return CategoricalDetector(name, kind, stats, feature=feature, shifts=shifts)
     return NumericDetector(name, kind, stats, feature=feature, method=method, shifts=shifts)
+
+
+class DetectorSet:
+    """Detectors fed together, a batch of events as columns: {detector name: its values, in event
+    order}. Returns (detector, decision) pairs, detector by detector in the set's order, each
+    detector's in event order: exactly what each detector's update() value by value gives.
+
+    The numeric detectors on standardised scores whose columns are complete and whose episodes are
+    closed go through one vectorised pass together (rows: all their charts); any of them whose
+    charts reach a threshold in the batch, and every other detector, then runs its own
+    update_batch from where it was."""
+
+    def __init__(self, detectors: Iterable[Detector]):
+        self.detectors = list(detectors)
+        self.by_name = {detector.name: detector for detector in self.detectors}
+        self._layouts: dict[tuple[str, ...], _FusedLayout] = {}
+
+    def update_batch(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> list[tuple[Detector, Decision]]:
+        fed = [(detector, columns[detector.name]) for detector in self.detectors if detector.name in columns]
+        longest = max((len(values) for _, values in fed), default=0)
+        if longest < SMALL_BATCH:  # one event at a time anyway
+            return [(detector, decision) for detector, values in fed for decision in detector.update_batch(values)]
+        decided: dict[str, list[Decision]] = {detector.name: [] for detector, _ in fed}
+        for start in range(0, longest, CHUNK):
+            chunk = [(detector, values[start:start + CHUNK]) for detector, values in fed]
+            by_length: dict[int, list] = {}
+            for detector, values in chunk:
+                if len(values) >= SMALL_BATCH and _fusable(detector) and not detector._raised:
+                    by_length.setdefault(len(values), []).append((detector, values))
+            done = set().union(*(self._update_together(group) for group in by_length.values() if len(group) > 1))
+            for detector, values in chunk:
+                if detector.name not in done and len(values):
+                    decided[detector.name] += detector.update_batch(values)
+        return [(detector, decision) for detector, _ in fed for decision in decided[detector.name]]
+
+    def _update_together(self, fed: list[tuple[Detector, Any]]) -> set[str]:
+        """One vectorised pass over the columns; commits, and returns the names of, the detectors
+        that neither lack a value nor reach a threshold in it (the others are left as they were)."""
+        numbers = np.array([values for _, values in fed], dtype=float)
+        complete = np.isfinite(numbers).all(axis=1)
+        if not complete.all():
+            fed = [pair for pair, whole in zip(fed, complete.tolist()) if whole]
+            numbers = numbers[complete]
+            if not fed:
+                return set()
+        detectors = [detector for detector, _ in fed]
+        key = tuple(detector.name for detector in detectors)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = _FusedLayout(detectors)
+        committed = layout.run(numbers)
+        return {detector.name for detector, kept in zip(detectors, committed) if kept}
+
+    def to_state(self) -> list[dict]:
+        return [detector.to_state() for detector in self.detectors]
+
+    @classmethod
+    def from_state(cls, states: Iterable[Mapping[str, Any]]) -> DetectorSet:
+        return cls(Detector.from_state(state) for state in states)
+
+
+def _fusable(detector: Detector) -> bool:
+    return (isinstance(detector, NumericDetector) and detector.bank is None and bool(detector.sources)
+            and all(isinstance(source.scale, StandardisedScores) for source in detector.sources))
+
+
+class _FusedLayout:
+    """Numeric detectors' value charts side by side (rows: charts, columns: events), for DetectorSet.
+
+    On complete columns a missing-rate chart adds the same negative increment every event, so it
+    needs no pass: S_t = max(0, S_0 + t·increment)."""
+
+    def __init__(self, detectors: list[NumericDetector]):
+        self.detectors = detectors
+        sources = [(row, source) for row, detector in enumerate(detectors) for source in detector.sources]
+        self.source_rows = np.array([row for row, _ in sources])
+        self.absolute = np.array([source.absolute for _, source in sources])
+        self.means = np.array([[source.scale.mean] for _, source in sources])
+        self.stds = np.array([[source.scale.std] for _, source in sources])
+        first_source = np.cumsum([0] + [len(detector.sources) for detector in detectors])[:-1]
+        self.bounds = np.cumsum([0] + [len(detector.charts) for detector in detectors])
+        offsets = self.bounds[:-1]
+        self.values = np.concatenate([detector._summed + offset for detector, offset in zip(detectors, offsets)])
+        self.value_bounds = np.cumsum([0] + [detector._summed.size for detector in detectors])[:-1]
+        self.missing = np.concatenate([detector._counting + offset for detector, offset in zip(detectors, offsets)])
+        base = np.concatenate([detector._base for detector in detectors])
+        self.base = base[self.values][:, None]
+        self.signs = np.concatenate([detector._signs for detector in detectors])[self.values][:, None]
+        self.value_source = np.concatenate([detector._summed_sources + offset
+                                            for detector, offset in zip(detectors, first_source)])
+        self.missing_step = base[self.missing]
+        self.rows = np.arange(self.values.size)
+
+    def run(self, numbers: np.ndarray) -> list[bool]:
+        """numbers: detectors × events, all finite. The recursion and bookkeeping of Detector._walk
+        and _commit, transposed; commits the detectors whose charts reach no threshold, and says
+        which."""
+        detectors, values, missing = self.detectors, self.values, self.missing
+        events = numbers.shape[1]
+        raw = numbers[self.source_rows]
+        if self.absolute.any():
+            raw = np.where(self.absolute[:, None], np.abs(raw), raw)
+        z = raw - self.means
+        z /= self.stds
+        np.maximum(z, -Z_CAP, out=z)
+        np.minimum(z, Z_CAP, out=z)
+        z *= FIXED_POINT
+        increments = self.base + self.signs * np.rint(z, out=z).astype(np.int64)[self.value_source]
+        start = np.array([level for detector in detectors for level in detector._statistic], dtype=np.int64)
+        run_events = np.array([count for detector in detectors for count in detector._run_events])
+        totals = np.array([total for detector in detectors for total in detector._run_total], dtype=float)
+        limit = np.concatenate([detector._limit for detector in detectors])
+
+        prefix = np.cumsum(increments, axis=1)
+        lowest = np.minimum.accumulate(prefix, axis=1)
+        np.minimum(lowest, -start[values, None], out=lowest)
+        peak = (prefix - lowest).max(axis=1)
+        crossed = np.logical_or.reduceat(peak >= limit[values], self.value_bounds).tolist()
+        # S_t = 0 where the prefix sum is at its running minimum and at or below −S_0: the last
+        # time is the last minimum of the whole batch, if that is low enough
+        back = prefix[:, ::-1].argmin(axis=1)  # events after it
+        restarted = prefix[self.rows, events - 1 - back] <= -start[values]
+        statistic = start.copy()
+        statistic[values] = prefix[:, -1] - lowest[:, -1]
+        run_events[values] = np.where(restarted, back, run_events[values] + events)
+        first = np.where(restarted, events - back, 0)
+        totals[values] = _sums_in_order(raw, self.value_source, first, np.where(restarted, 0.0, totals[values]))
+        if missing.size:
+            after = start[missing] + self.missing_step * events
+            statistic[missing] = np.maximum(after, 0)
+            run_events[missing] = np.where(after > 0, run_events[missing] + events, 0)
+            totals[missing] = np.where(after > 0, totals[missing], 0.0)  # + 0.0 per event
+
+        statistic, run_events, totals = statistic.tolist(), run_events.tolist(), totals.tolist()
+        recent = numbers[:, -RECENT_VALUES:].tolist()
+        bounds = self.bounds
+        for index, detector in enumerate(detectors):
+            if crossed[index]:
+                continue
+            low, high = bounds[index], bounds[index + 1]
+            detector._statistic = statistic[low:high]
+            detector._run_events = run_events[low:high]
+            detector._run_total = totals[low:high]
+            detector.events += events
+            detector._recent.extend(recent[index])
+        return [not crossed_ for crossed_ in crossed]
 
 
 def calibrate(detectors: Sequence[Detector], false_alarms_per_100k: float = DEFAULT_FALSE_ALARMS_PER_100K,

@@ -39,7 +39,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field
 
-from detectors import Detector
+from detectors import DEFAULT_REFERENCE_MARGIN, Detector
 from follower import ModelFollower
 from mlmonitor.amqp import Delivery, ServiceRunner, Session, decode_or_dead_letter
 from mlmonitor.logs import EventLog
@@ -77,7 +77,7 @@ class Settings(ConsumerSettings):
         1.0, gt=0, description="False alarms per 100,000 events of a stationary stream, all detectors together; "
                                "a higher rate buys a shorter detection delay (docs/drift.md).")
     reference_margin: float = Field(
-        1.0, ge=0, description="Standard errors of the reference sample the calibration allows live traffic to "
+        DEFAULT_REFERENCE_MARGIN, ge=0, description="Standard errors of the reference sample the calibration allows live traffic to "
                                "differ by without an alarm; 0 trusts the reference as the population.")
     snapshot_seconds: float = Field(1.0, gt=0, description="How often the state is made durable; deliveries "
                                                            "are acked once a snapshot covers them.")

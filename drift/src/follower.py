@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Protocol
 
 from detectors import Detector
 from mlmonitor.model_store import CARD_NAME, ModelCard, ModelCorrupt, ModelNotReady, read_card
-from monitor import OUTCOMES, PREDICTIONS, DriftMonitor, NoReference, build_detectors
+from monitor import OUTCOMES, PREDICTIONS, DriftMonitor, NoReference, build_detectors, reference_fingerprint
 from state_store import StateStore
 
 log = logging.getLogger("drift")
@@ -44,13 +44,16 @@ def start_monitor(card: ModelCard, store: StateStore, calibration: Mapping[str, 
     where = store.state_path
     if state is not None:
         try:
-            if state.get("model_version") == card.version and state.get("calibration") == dict(calibration):
+            if (state.get("model_version") == card.version and state.get("calibration") == dict(calibration)
+                    and state.get("reference") == reference_fingerprint(card)):
                 monitor = DriftMonitor.from_state(state, card, counted)
                 return monitor, (f"carrying on from {where} (saved {state.get('saved_at')}): "
                                  f"{monitor.events(PREDICTIONS)} predictions and {monitor.events(OUTCOMES)} "
                                  f"outcomes counted, {len(monitor.open_alerts)} open alert(s)")
             if state.get("model_version") != card.version:
                 problem = f"{where} is for model {state.get('model_version')}, the card for {card.version}"
+            elif state.get("reference") != reference_fingerprint(card):
+                problem = f"{where} was built from other reference statistics than the card's (retrained?)"
             else:
                 problem = f"{where} was calibrated with {state.get('calibration')}, the settings ask {dict(calibration)}"
         except (ValueError, KeyError, TypeError) as error:
@@ -74,6 +77,7 @@ class ModelFollower:
         self._stopped = threading.Event()
         self._settled: CardSignature | None = None  # the card last taken, refused or found unchanged
         self._version: str | None = None
+        self._reference: str | None = None  # the fingerprint of the card's reference being watched
         self._reported: str | None = None
         self._thread = threading.Thread(target=self._run, name="drift-model-follower", daemon=True)
 
@@ -111,7 +115,7 @@ class ModelFollower:
                              f"({type(error).__name__}: {error})")
             else:
                 log.info("%s", how)
-                self._settled, self._version = signature, card.version
+                self._settled, self._version, self._reference = signature, card.version, reference_fingerprint(card)
                 self._worker.offer_monitor(monitor, self._store)
                 return True
             self._stopped.wait(self._poll_seconds)
@@ -130,7 +134,7 @@ class ModelFollower:
         if card_signature(self._models_dir) != signature:
             return  # replaced while we read it: take the newer one next time
         self._settled = signature
-        if card.version == self._version:
+        if card.version == self._version and reference_fingerprint(card) == self._reference:
             return
         try:
             detectors = build_detectors(card, self._calibration)
@@ -138,7 +142,7 @@ class ModelFollower:
             log.error("can't watch the new model version %s: %s; still watching model %s", card.version,
                       problem, self._version)
             return
-        self._version = card.version
+        self._version, self._reference = card.version, reference_fingerprint(card)
         self._worker.offer_version(card, detectors)
 
     def _report(self, problem: str) -> None:

@@ -15,6 +15,8 @@ append-only log, see state_store), as they grow with the events.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import uuid
 from dataclasses import dataclass
@@ -22,11 +24,11 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from detectors import (FEATURE_DRIFT, PERFORMANCE, PREDICTION_DRIFT, RAISED, RESOLVED, TARGET_DRIFT,
-                       CategoricalDetector, Decision, Detector, detectors_for)
+                       CategoricalDetector, Decision, Detector, DetectorSet, detectors_for)
 from mlmonitor.ids import IdSet
 from mlmonitor.messages import InvalidMessage, MetricAdded, MonitorAlert, PredictionWithInputs
 from mlmonitor.model_store import ModelCard
-from mlmonitor.schema import NUMERIC, FeatureSchema
+from mlmonitor.schema import FeatureSchema
 from mlmonitor.tasks import label_key
 
 STATE_FORMAT = 1
@@ -46,15 +48,6 @@ class Observation:
     stream: str
     id: str
     values: tuple
-
-
-def update_all(detector: Detector, values: Iterable[Any]) -> list[Decision]:
-    """The detector's decisions over `values`, in order; SKIP values are left out."""
-    values = [value for value in values if value is not SKIP]
-    update_batch = getattr(detector, "update_batch", None)  # consecutive values in one call, where there is one
-    if update_batch is not None:
-        return list(update_batch(values))
-    return [decision for decision in map(detector.update, values) if decision is not None]
 
 
 class NoReference(ValueError):
@@ -86,7 +79,12 @@ def build_detectors(card: ModelCard, calibration: Mapping[str, float]) -> list[D
         raise NoReference(f"the card of model {card.version} has no reference statistics (trained before drift "
                           f"detection existed?); run learn_model again")
     return detectors_for(reference, false_alarms_per_100k=calibration["false_alarms_per_100k"],
-                         reference_margin=calibration["reference_margin"])
+                         reference_margin=calibration["reference_margin"], residuals=True)
+
+
+def reference_fingerprint(card: ModelCard) -> str:
+    """Names the card's reference statistics: a retrain can keep the model's version and change them."""
+    return hashlib.blake2b(json.dumps(card.reference, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
 class DriftMonitor:
@@ -113,6 +111,9 @@ class DriftMonitor:
         # aligned with an Observation's values: None where the card has no such detector
         self._detectors_of = {PREDICTIONS: [*self._feature_detectors, self._by_kind.get(PREDICTION_DRIFT)],
                               OUTCOMES: [self._by_kind.get(TARGET_DRIFT), self._by_kind.get(PERFORMANCE)]}
+        self._sets = {stream: DetectorSet(detector for detector in detectors_of if detector is not None)
+                      for stream, detectors_of in self._detectors_of.items()}
+        self.reference = reference_fingerprint(card)
 
     def switch_model(self, card: ModelCard, detectors: list[Detector], reason: str) -> list[MonitorAlert]:
         """Watches a new version from now on: its open alerts are resolved (`reason` says why) and its
@@ -154,6 +155,10 @@ class DriftMonitor:
 
     def observe_outcome(self, event: MetricAdded) -> Observation:
         target = self._value_for(self._by_kind.get(TARGET_DRIFT), event.y_true, "y_true")
+        performance = self._by_kind.get(PERFORMANCE)
+        if performance is not None and performance.takes_residuals and not isinstance(event.y_true, str) \
+                and not isinstance(event.y_pred, str):
+            return Observation(OUTCOMES, event.id, (target, event.y_true - event.y_pred))  # a bias shows in its sign
         return Observation(OUTCOMES, event.id, (target, event.absolute_error))
 
     def take(self, observations: Iterable[Observation]) -> list[MonitorAlert]:
@@ -167,9 +172,9 @@ class DriftMonitor:
         for stream, rows in new.items():
             if not rows:
                 continue
-            for detector, values in zip(self._detectors_of[stream], zip(*rows)):
-                if detector is not None:
-                    decided += [(detector, decision) for decision in update_all(detector, values)]
+            columns = {detector.name: [value for value in values if value is not SKIP]
+                       for detector, values in zip(self._detectors_of[stream], zip(*rows)) if detector is not None}
+            decided += self._sets[stream].update_batch(columns)
         return [self._alert_of(detector, decision) for detector, decision in decided]
 
     def feature_values(self, body: list | dict) -> list[Any]:
@@ -221,7 +226,8 @@ class DriftMonitor:
         return len(self.counted[stream])
 
     def to_state(self) -> dict:
-        return {"format": STATE_FORMAT, "model_version": self.version, "calibration": self.calibration,
+        return {"format": STATE_FORMAT, "model_version": self.version, "reference": self.reference,
+                "calibration": self.calibration,
                 "detectors": [detector.to_state() for detector in self.detectors],
                 "open_alerts": [alert.model_dump() for alert in self.open_alerts.values()],
                 "outbox": [alert.model_dump() for alert in self.outbox.values()],
@@ -235,6 +241,8 @@ class DriftMonitor:
             raise ValueError(f"unknown state format {state.get('format')!r}")
         if state["model_version"] != card.version:
             raise ValueError(f"the state is for model {state['model_version']}, the card for {card.version}")
+        if state.get("reference") != reference_fingerprint(card):
+            raise ValueError("the state was built from other reference statistics than the card's")
         detectors = [Detector.from_state(detector) for detector in state["detectors"]]
         monitor = cls(card, detectors, state["calibration"], counted)
         monitor.open_alerts = {alert.detector: alert for alert in map(MonitorAlert.model_validate, state["open_alerts"])}

@@ -347,7 +347,7 @@ def train(settings: Settings) -> Trained:
     except (ValueError, TypeError) as error:  # the estimator refuses its parameters or this data
         raise UsageError(f"{described} can't be fitted on {table.source}: {type(error).__name__}: "
                          f"{_one_line(error)}") from None
-    evaluation = evaluate(task, model, _model_input(x_holdout, table), y_holdout, y_train)
+    evaluation = evaluate(task, model, _model_input(x_holdout, table), y_holdout, y_train, _model_input(x_train, table))
     card = ModelCard(
         version="",
         trained_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -396,22 +396,30 @@ def choose_estimator(settings: Settings, table: Table) -> tuple[str, Any, str]:
 class Evaluation(NamedTuple):
     holdout: dict  # the held-out figures of the task
     classes: list | None
-    reference: dict  # build_reference's target, predictions and errors
+    reference: dict  # build_reference's target, predictions, errors and (a regressor's) residuals
 
 
-def evaluate(task: str, model, holdout_input, y_holdout: pd.Series, y_train: pd.Series) -> Evaluation:
+def evaluate(task: str, model, holdout_input, y_holdout: pd.Series, y_train: pd.Series, train_input) -> Evaluation:
+    """The held-out figures, and the reference's target (training rows), predictions (every row:
+    the training rows', then the held-out rows'; the held-out ones alone are too few to stand for
+    the population a live stream comes from) and held-out errors and residuals."""
     predicted = model.predict(holdout_input)
+    predicted_train = model.predict(train_input)
     if task == REGRESSION:
         errors = [regression_error(truth, guess) for truth, guess in zip(y_holdout.tolist(), predicted.tolist())]
         return Evaluation(regression_figures(y_holdout.to_numpy(), predicted), None,
                           {"target": reference.numeric_stats(y_train.to_numpy()),
-                           "predictions": reference.numeric_stats(predicted), "errors": errors})
+                           "predictions": reference.numeric_stats(np.concatenate([predicted_train, predicted])),
+                           "errors": errors, "residuals": y_holdout.to_numpy(dtype=float) - predicted})
     probabilities = model.predict_proba(holdout_input) if hasattr(model, "predict_proba") else None
     classes = [_plain(label) for label in model.classes_]
     labels = [_plain(label) for label in predicted]
+    every_label = [_plain(label) for label in predicted_train] + labels
+    every_probability = None if probabilities is None else \
+        np.concatenate([model.predict_proba(train_input), probabilities])
     return Evaluation(classification_figures(y_holdout.to_numpy(), predicted, probabilities, classes), classes,
                       {"target": reference.categorical_stats(y_train.tolist()),
-                       "predictions": reference.classification_predictions(labels, probabilities),
+                       "predictions": reference.classification_predictions(every_label, every_probability),
                        "errors": classification_errors(y_holdout.tolist(), labels, probabilities, classes)})
 
 

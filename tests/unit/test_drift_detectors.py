@@ -20,10 +20,11 @@ COLORS = {"red": 0.5, "green": 0.3, "blue": 0.2}
 
 
 def population(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
-    """The population the reference is a sample of: two numbers, one category, target, errors."""
+    """The population the reference is a sample of: two numbers, one category, target, residuals."""
+    residual = rng.normal(0, 10, size)
     return {"x": rng.standard_normal(size), "skewed": rng.lognormal(0, 0.5, size),
             "color": rng.choice(list(COLORS), size, p=list(COLORS.values())),
-            "y": rng.normal(100, 20, size), "error": np.abs(rng.normal(0, 10, size))}
+            "y": rng.normal(100, 20, size), "residual": residual, "error": np.abs(residual)}
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +33,17 @@ def reference() -> dict:
     return build_reference({"x": ("numeric", sample["x"]), "skewed": ("numeric", sample["skewed"]),
                             "color": ("categorical", sample["color"].tolist())},
                            target=numeric_stats(sample["y"]), predictions=numeric_stats(sample["y"]),
-                           errors=sample["error"])
+                           errors=sample["error"], residuals=sample["residual"])
 
 
 @pytest.fixture(scope="module")
 def detectors(reference) -> list[drift.Detector]:
     return drift.detectors_for(reference, false_alarms_per_100k=1.0)
+
+
+@pytest.fixture(scope="module")
+def with_residuals(reference) -> list[drift.Detector]:
+    return drift.detectors_for(reference, false_alarms_per_100k=1.0, residuals=True)
 
 
 def named(detectors, name: str) -> drift.Detector:
@@ -231,3 +237,159 @@ def test_a_constant_column_raises_when_it_starts_to_vary():
     detector = named(drift.detectors_for(reference), "feature.version").copy_for(1)
     assert all(detector.update(3.0) is None for _ in range(5000))
     assert any(detector.update(4.0) is not None for _ in range(50))
+
+
+# --- the performance detector on residuals ------------------------------------------------------------
+
+def test_with_residuals_the_performance_detector_takes_y_minus_y_hat(with_residuals, detectors):
+    performance = named(with_residuals, "performance")
+    assert isinstance(performance, drift.PerformanceDetector) and performance.takes_residuals
+    assert {(chart.channel, chart.direction) for chart in performance.charts} == {
+        ("value", "up"), ("residual", "up"), ("residual", "down")}
+    assert not named(detectors, "performance").takes_residuals  # the default: the absolute error, as before
+
+
+def test_a_bias_either_way_is_caught_on_the_residual(with_residuals):
+    rng = np.random.default_rng(20)
+    for bias, direction in ((5.0, "up"), (-5.0, "down")):  # half a residual σ
+        detector = named(with_residuals, "performance").copy_for(1)
+        decision = next(d for value in rng.normal(bias, 10, 5000) if (d := detector.update(float(value))))
+        assert decision.state == drift.RAISED and decision.kind == drift.PERFORMANCE
+        chart = decision.explanation["chart"]
+        assert (chart["channel"], chart["direction"]) == ("residual", direction)
+        assert np.sign(decision.explanation["since"]["mean"]) == np.sign(bias)
+        reference = decision.explanation["reference"]  # the residuals', which the chart watches
+        assert abs(reference["mean"]) < 1 and reference["std"] == pytest.approx(10, rel=0.05)
+        assert reference["errors"]["mean"] == pytest.approx(8, rel=0.05)  # E|N(0, 10)|
+
+
+def test_a_better_model_is_still_no_alarm_with_residuals(with_residuals):
+    detector = named(with_residuals, "performance")
+    better = np.random.default_rng(21).normal(0, 5, (20_000, 20))  # errors half as large, no bias
+    assert (first_raises(detector, better) == 0).all()
+    worse = np.random.default_rng(22).normal(0, 15, (2000, 20))
+    assert (first_raises(detector, worse) > 0).all()
+
+
+def test_an_older_card_without_residuals_watches_the_absolute_error(reference):
+    older = {key: value for key, value in reference.items() if key != "residuals"}
+    performance = named(drift.detectors_for(older, residuals=True), "performance")
+    assert type(performance) is drift.NumericDetector and not performance.takes_residuals
+
+
+# --- batches ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def vectorised_everywhere(monkeypatch):
+    """Every batch, even of one event, through the vectorised pass, cut into chunks of 256, with runs
+    longer than 16 added one by one: every seam of the batch path is crossed."""
+    monkeypatch.setattr(drift, "SMALL_BATCH", 1)
+    monkeypatch.setattr(drift, "CHUNK", 256)
+    monkeypatch.setattr(drift, "SHORT_RUN", 16)
+
+
+def drifting(rng: np.random.Generator, name: str, events: int = 4000) -> list:
+    """A stream for the detector `name` that drifts away and comes back, several times: calm stretches
+    from the reference's population, shifted ones up and down, and (numbers) stretches with missing
+    values, (categories) with an unseen one."""
+    stretches = np.array_split(np.arange(events), 8)
+    if name == "feature.color":
+        mixes = [[0.5, 0.3, 0.2, 0, 0], [0.3, 0.3, 0.4, 0, 0], [0.5, 0.3, 0.2, 0, 0], [0.4, 0.3, 0.2, 0.05, 0.05]]
+        values = []
+        for number, stretch in enumerate(stretches):
+            values += rng.choice(["red", "green", "blue", "purple", None], stretch.size, p=mixes[number % 4]).tolist()
+        return values
+    centre, spread = {"feature.x": (0, 1), "feature.skewed": (1.13, 0.6), "prediction": (100, 20), "target": (100, 20),
+                      "performance": (0, 10), "feature.version": (3.0, 1.0)}[name]
+    values = rng.normal(centre, spread, events) if name != "feature.version" else np.full(events, 3.0)
+    for number, stretch in enumerate(stretches):
+        values[stretch] += spread * [0, 1.0, 0, -0.8, 0, 0.5, 0, 0][number]
+        if number == 5 and name.startswith("feature."):
+            values[stretch[rng.random(stretch.size) < 0.05]] = np.nan
+    return [None if np.isnan(value) else float(value) for value in values]
+
+
+def in_batches(rng: np.random.Generator, values: list) -> list[list]:
+    cuts, start = [], 0
+    while start < len(values):
+        size = int(rng.choice([1, 2, 3, 7, 50, 100, 333, 1000]))
+        cuts.append(values[start:start + size])
+        start += size
+    return cuts
+
+
+def one_at_a_time(detector: drift.Detector, values: list) -> list[drift.Decision]:
+    return [decision for decision in map(detector.update, values) if decision is not None]
+
+
+@pytest.mark.parametrize("method", ["standardised", "normal_scores"])
+def test_a_batch_decides_exactly_as_one_event_at_a_time(reference, method, vectorised_everywhere):
+    built = drift.detectors_for(reference, false_alarms_per_100k=100, method=method, residuals=True)
+    constant = build_reference({"version": ("numeric", np.full(500, 3.0))}, target=numeric_stats(np.arange(500.0)),
+                               predictions=numeric_stats(np.arange(500.0)), errors=np.arange(500.0))
+    built.append(named(drift.detectors_for(constant), "feature.version"))
+    decided_inside = states = 0
+    for number, detector in enumerate(built):
+        rng = np.random.default_rng(30 + number)
+        values = drifting(rng, detector.name)
+        sequential, batched = detector.copy_for(1), detector.copy_for(1)
+        expected = one_at_a_time(sequential, values)
+        got, ends = [], set()
+        for batch in in_batches(rng, values):
+            got += batched.update_batch(batch)
+            ends.add(batched.events)
+        assert got == expected, detector.name  # states, events, scores and explanations
+        assert json.dumps(batched.to_state()) == json.dumps(sequential.to_state()), detector.name
+        restored = drift.Detector.from_state(json.loads(json.dumps(batched.to_state())))
+        assert json.dumps(restored.to_state()) == json.dumps(batched.to_state()), detector.name
+        decided_inside += sum(decision.events not in ends for decision in got)
+        states += len({decision.state for decision in got})
+    assert decided_inside >= 30 and states == 2 * len(built)  # every detector raised and resolved, within batches
+
+
+def test_a_detector_set_decides_exactly_as_its_detectors_one_event_at_a_time(with_residuals, vectorised_everywhere):
+    rng = np.random.default_rng(40)
+    columns = {detector.name: drifting(rng, detector.name) for detector in with_residuals}
+    sequential = [detector.copy_for(1) for detector in with_residuals]
+    expected = [(detector.name, decision) for detector in sequential
+                for decision in one_at_a_time(detector, columns[detector.name])]
+    together = drift.DetectorSet(detector.copy_for(1) for detector in with_residuals)
+    got, start = [], 0
+    for size in [int(size) for size in rng.choice([5, 50, 100, 333, 1000], 60)]:
+        got += [(detector.name, decision) for detector, decision in
+                together.update_batch({name: values[start:start + size] for name, values in columns.items()})]
+        start += size
+    by_detector = {name: [decision for named_, decision in got if named_ == name] for name in columns}
+    assert by_detector == {name: [decision for named_, decision in expected if named_ == name] for name in columns}
+    assert [json.dumps(detector.to_state()) for detector in together.detectors] == \
+           [json.dumps(detector.to_state()) for detector in sequential]
+    assert together._layouts and len(expected) >= 10  # the numbers went through the vectorised pass together
+
+
+def test_many_streams_decide_as_one_stream_does_with_missing_values_and_categories(detectors):
+    for name in ("feature.x", "feature.color"):
+        detector = named(detectors, name)
+        values = [drifting(np.random.default_rng(seed), name) for seed in range(3)]
+        many = detector.copy_for(3)
+        codes = np.array([many.update_many([column[t] for column in values]) for t in range(len(values[0]))])
+        for column in range(3):
+            single = detector.copy_for(1)
+            expected = [0 if d is None else (1 if d.state == drift.RAISED else -1)
+                        for d in map(single.update, values[column])]
+            assert codes[:, column].tolist() == expected
+
+
+def test_the_recent_values_are_the_last_hundred(detectors):
+    detector = named(detectors, "feature.x").copy_for(1)
+    detector.update_batch([0.0] * 150 + [None] * 10 + [1.0] * 50)
+    assert detector.explain()["recent"] == {"mean": 0.5, "events": 100}  # missing values aren't values
+
+
+def test_a_state_saved_before_batches_still_loads(detectors):
+    state = named(detectors, "feature.x").copy_for(1).to_state()
+    state["charts"]["statistic"][0] = 1.2345678  # not on the fixed-point grid
+    state["recent"] = 0.02  # then an average
+    restored = drift.Detector.from_state(json.loads(json.dumps(state)))
+    assert restored.to_state()["charts"]["statistic"][0] == pytest.approx(1.2345678, abs=1e-9)
+    assert restored.update_batch(np.random.default_rng(42).standard_normal(500).tolist()) == []
+    assert restored.explain()["recent"]["events"] == 100

@@ -286,6 +286,17 @@ def test_start_is_afresh_for_another_version_and_resolves_the_alerts_it_had_open
         (raised.episode, "raised"), (raised.episode, "resolved")]  # the raise still owes its announcement
 
 
+def test_start_is_afresh_when_a_retrain_kept_the_version_but_changed_the_reference(tmp_path):
+    monitor = new_monitor()
+    store = StateStore(tmp_path)
+    store.load()
+    store.save(monitor.to_state(), monitor.take_unsaved_ids(), [])
+    retrained = card_for("v1")
+    retrained.reference["predictions"] = numeric_stats(TARGET)  # same weights, a fuller reference
+    fresh, line = start_monitor(retrained, StateStore(tmp_path), CALIBRATION)
+    assert line.startswith("starting afresh for model v1:") and "other reference statistics" in line
+
+
 def test_start_without_a_snapshot_says_so_in_one_line(tmp_path):
     fresh, line = start_monitor(card_for("v1"), StateStore(tmp_path), CALIBRATION)
     assert line == f"starting afresh for model v1: no {tmp_path / 'drift_state.json'}; 0 predictions and 0 outcomes counted"
@@ -488,3 +499,18 @@ def test_the_alerting_rules_fire_on_each_kind_s_open_alert_and_name_the_feature(
     assert set(by_kind) == {"feature_drift", "prediction_drift", "target_drift", "performance"}
     assert "{{ $labels.feature }}" in by_kind["feature_drift"]["annotations"]["summary"]
     assert all(rule["labels"]["severity"] in ("warning", "critical") for rule in rules)
+
+
+def test_a_regressors_performance_is_watched_on_its_signed_residual_so_a_bias_either_way_counts():
+    residuals = RNG.normal(0, 10, 500)
+    card = replace(card_for(), reference=build_reference(
+        {"area": ("numeric", AREA), "rooms": ("numeric", ROOMS), "city": ("categorical", CITY)},
+        target=numeric_stats(TARGET), predictions=numeric_stats(TARGET[:500]), errors=np.abs(residuals),
+        residuals=residuals))
+    monitor = DriftMonitor(card, build_detectors(card, CALIBRATION), CALIBRATION)
+    under = MetricAdded(id="1", y_true=290.0, y_pred=300.0, absolute_error=10.0)
+    assert monitor.observe_outcome(under).values[1] == -10.0  # the residual, not the absolute error
+    alerts = monitor.take([monitor.observe_outcome(MetricAdded(id=f"u{index}", y_true=300.0, y_pred=330.0,
+                                                               absolute_error=30.0)) for index in range(400)])
+    assert [(alert.kind, alert.state) for alert in alerts] == [("performance", "raised")]
+    assert new_monitor().observe_outcome(under).values[1] == 10.0  # a card without residuals: the error

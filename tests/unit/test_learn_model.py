@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -117,11 +119,40 @@ def test_the_default_run_trains_todays_model_and_card(tmp_path):
     reference = card["reference"]
     assert set(reference["features"]) == set(DIABETES_NAMES)
     assert reference["features"]["bmi"]["count"] == 353 and reference["features"]["bmi"]["kind"] == "numeric"
-    assert reference["predictions"]["count"] == reference["errors"]["count"] == 89
+    assert reference["predictions"]["count"] == 442  # every row: the 353 training rows and the 89 held out
+    assert reference["errors"]["count"] == reference["residuals"]["count"] == 89
     assert reference["errors"]["mean"] == pytest.approx(card["holdout_mae"])
     assert reference["target"]["kind"] == "numeric" and reference["target"]["count"] == 353
     estimator, _ = load_model(tmp_path)
     assert isinstance(estimator, Ridge)
+
+
+def test_the_card_summarises_the_predictions_on_every_row_and_the_held_out_residuals():
+    trained = train(load_settings(Settings, []))
+    data = load_diabetes()
+    x_train, x_holdout, _, y_holdout = train_test_split(data.data, data.target, test_size=0.2, random_state=42)
+    model, reference = expected_ridge(0.1), trained.card.reference
+    every_prediction = np.concatenate([model.predict(x_train), model.predict(x_holdout)])
+    residuals = y_holdout - model.predict(x_holdout)
+
+    assert reference["predictions"]["mean"] == pytest.approx(every_prediction.mean())
+    assert reference["predictions"]["std"] == pytest.approx(every_prediction.std())
+    assert reference["residuals"]["mean"] == pytest.approx(residuals.mean())
+    assert reference["residuals"]["std"] == pytest.approx(residuals.std())
+    assert reference["residuals"]["min"] < 0 < reference["residuals"]["max"]  # signed: y − ŷ
+    assert reference["errors"]["mean"] == pytest.approx(np.abs(residuals).mean())  # as it was
+
+
+def test_the_default_card_gives_the_drift_detectors_their_reference():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "drift" / "src"))
+    import detectors as drift
+
+    reference = json.loads(json.dumps(train(load_settings(Settings, [])).card.reference))  # as the card file holds it
+    built = drift.detectors_for(reference, residuals=True)
+    assert [detector.name for detector in built] == [f"feature.{name}" for name in DIABETES_NAMES] + [
+        "prediction", "target", "performance"]
+    assert isinstance(built[-1], drift.PerformanceDetector) and built[-1].takes_residuals
+    assert all(np.isfinite(detector.thresholds).any() for detector in built)
 
 
 def test_training_again_publishes_a_new_version_beside_the_old_one(tmp_path):
@@ -232,6 +263,8 @@ def test_a_binary_classifier_with_yes_no_labels(tmp_path, capsys):
     assert card["holdout"]["accuracy"] > 0.6 and card["holdout"]["roc_auc"] > 0.6
     assert card["holdout_mae"] is card["holdout_rmse"] is card["holdout_r2"] is None
     reference = card["reference"]
+    assert "residuals" not in reference  # a classifier has none
+    assert reference["predictions"]["count"] == card["train_rows"] + card["holdout_rows"]
     assert set(reference["predictions"]["frequencies"]) <= {"no", "yes"}
     assert reference["predictions"]["top_probability"]["min"] >= 0.5
     assert 0 <= reference["errors"]["min"] and reference["errors"]["max"] <= 1

@@ -111,3 +111,20 @@ def test_the_reference_is_strict_json():
     assert built["features"]["colour"]["frequencies"] == {"red": pytest.approx(2 / 3), "blue": pytest.approx(1 / 3)}
     assert built["features"]["x"]["missing_rate"] == 0.5
     assert built["errors"]["count"] == 2 and built["errors"]["mean"] == 0.5
+
+
+def test_a_regressor_s_reference_carries_its_signed_residuals():
+    built = build_reference({"x": ("numeric", [1.0, 2.0])}, target=numeric_stats([1.0, 2.0]),
+                            predictions=numeric_stats([1.5, 1.5, 1.4]), errors=[0.5, 0.5, 2.0],
+                            residuals=[0.5, -0.5, -2.0])
+
+    assert built["residuals"] == numeric_stats([0.5, -0.5, -2.0])
+    assert (built["residuals"]["mean"], built["residuals"]["min"]) == (pytest.approx(-2 / 3), -2.0)
+    assert built["errors"]["mean"] == pytest.approx(1.0)  # the absolute errors, as before
+    json.dumps(built, allow_nan=False)
+
+
+def test_a_reference_without_residuals_has_no_such_key():
+    built = build_reference({"x": ("numeric", [1.0])}, target=categorical_stats(["a"]),
+                            predictions=categorical_stats(["a"]), errors=[0.0])
+    assert "residuals" not in built

@@ -73,9 +73,10 @@ class ModelCard:
       the model publishes probabilities.
     - `holdout`: the held-out figures of the task (regression: mae, rmse, r2; classification:
       accuracy, balanced_accuracy, macro precision/recall/f1, log_loss, brier, roc_auc where defined).
-    - `reference`: statistics of the training features and target, the held-out predictions and the
-      held-out errors (absolute errors; for a classifier 1 − p(true class)), for drift detection;
-      the format is described in mlmonitor.reference.
+    - `reference`: statistics of the training features and target, the predictions on every row
+      (training and held-out), the held-out errors (absolute errors; for a classifier 1 − p(true
+      class)) and a regressor's held-out residuals, for drift detection; the format is described in
+      mlmonitor.reference.
     - `trusted_types`: the types beyond skops' defaults that loading the artifact needs; a record
       only: load_model trusts its own allowlist and the caller's, never the card.
     - `artifact`: the artifact's file name in the card's folder (`model-<version>.skops`).

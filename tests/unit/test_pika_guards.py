@@ -113,3 +113,19 @@ def test_a_broken_frame_still_breaks_the_connection():
     header[-1] = 0  # not FRAME_END: the stream is out of step, nothing to recover
     with pytest.raises(InvalidFrameError):
         Connection._read_frame(SimpleNamespace(_frame_buffer=bytes(header)))
+
+
+def test_a_socket_reset_before_pika_sets_it_up_is_told_apart_from_a_bug():
+    """pika reports it as a ValueError; the runtime reconnects on exactly that one (reset_while_connecting)."""
+    import socket
+
+    from pika.adapters.utils.io_services_utils import _AsyncStreamConnector
+
+    from mlmonitor.amqp import reset_while_connecting
+
+    with socket.socket() as never_connected:
+        with pytest.raises(ValueError) as caught:
+            _AsyncStreamConnector(nbio=None, protocol_factory=lambda: None, sock=never_connected, ssl_context=None,
+                                  server_hostname=None, on_done=lambda result: None)
+    assert reset_while_connecting(caught.value)
+    assert not reset_while_connecting(ValueError("some other bug"))

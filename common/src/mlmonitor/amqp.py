@@ -692,7 +692,9 @@ class ServiceRunner:
                 log.error("RabbitMQ at %s showed a certificate we can't trust: %s (AMQP_CA_FILE and AMQP_SERVER_NAME "
                           "say whom to trust); giving up", where, untrusted(error))
                 return 2
-            except (AMQPError, OSError) as error:  # access denied too: the vhost may not be created yet
+            except (AMQPError, OSError, ValueError) as error:  # access denied too: the vhost may not exist yet
+                if isinstance(error, ValueError) and not reset_while_connecting(error):
+                    raise
                 attempt += 1
                 delay = self.backoff.next_delay()
                 log.warning("waiting for RabbitMQ at %s (attempt %d): %s; retrying in %.1fs",
@@ -705,7 +707,13 @@ class ServiceRunner:
             attempt = 0
             connected_at = time.monotonic()
             session = Session(self, self.parameters)
-            session.ioloop.start()
+            try:
+                session.ioloop.start()
+            except ValueError as error:
+                if not reset_while_connecting(error):
+                    raise
+                log.warning("lost the connection to RabbitMQ while connecting: %s", error)
+                session.close()
             self.worker.on_disconnected()
             if self.stop_requested:
                 break
@@ -750,6 +758,12 @@ class ServiceRunner:
         deadline = time.monotonic() + seconds
         while not self.stop_requested and time.monotonic() < deadline:
             time.sleep(min(0.1, deadline - time.monotonic()))
+
+
+def reset_while_connecting(error: ValueError) -> bool:
+    """pika raises a ValueError, not a connection error, when a socket it has just connected is reset
+    before it sets it up (io_services_utils: "Expected connected socket, but getpeername() failed")."""
+    return str(error).startswith("Expected connected socket")
 
 
 def run_worker(worker: Worker, amqp_url: str, topology: Topology = PIPELINE, max_message_bytes: int | None = None,

@@ -145,14 +145,6 @@ class MetricAdded(Message):
     sent_at: FiniteNumber | None = None
 
 
-class PredictionWithInputs(PredictionMessage):
-    """A PredictionMessage with `features`, the inputs it was made from (a features body): what model
-    publishes, and what a model served elsewhere sends to the `predictions` exchange, so that the
-    drift monitor sees them. metric reads it as a PredictionMessage, leaving the inputs undecoded."""
-
-    features: FeaturesBody | None = None
-
-
 class MonitorAlert(Message):
     """Exchange `monitor_alerts`, routing key `<kind>.<state>` (e.g. `feature_drift.raised`), and one
     line of `logs/alerts.jsonl`: a drift or degradation alert raised, or resolved, by the drift service.

@@ -5,6 +5,8 @@
 - `CsvTail`: polls `metric_log.csv` and notes when each row appears on disk.
 - `SummaryTail`: polls `error_distribution.json` (written right after the PNG is replaced) and notes
   its mtime for each count; row k (in CSV order) is in the PNG from the first summary counting >= k.
+- `DriftTail`: polls drift's `drift_ids.log` (one line per id counted, appended once a snapshot holds
+  it) and notes how many predictions and outcomes drift had counted, durably, at each moment.
 - `Sampler`: ready-message depth of each queue (passive declare), RSS of each service and CPU time
   of each service and of the broker (/proc), so per-event CPU can be compared on a busy machine.
 """
@@ -133,6 +135,37 @@ class SummaryTail(_Loop):
     @property
     def count(self) -> int:
         return self.counts[-1] if self.counts else 0
+
+
+class DriftTail(_Loop):
+    def __init__(self, path: Path, interval: float = 0.05):
+        super().__init__("drift-tail")
+        self.path = path
+        self.interval = interval
+        self.predictions = 0
+        self.outcomes = 0
+        self.counted: list[tuple[float, int, int]] = []  # (time, predictions, outcomes) at each change
+
+    def loop(self) -> None:
+        offset, pending = 0, b""
+        while not self._stopping.is_set():
+            try:
+                with open(self.path, "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read()
+            except FileNotFoundError:
+                data = b""
+            if data:
+                offset += len(data)
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                self.predictions += sum(line.startswith(b"p ") for line in lines)
+                self.outcomes += sum(line.startswith(b"o ") for line in lines)
+                self.counted.append((time.time(), self.predictions, self.outcomes))
+            self._stopping.wait(self.interval)
+
+    def caught_up(self, events: int) -> bool:
+        return self.predictions >= events and self.outcomes >= events
 
 
 class Sampler(_Loop):

@@ -11,11 +11,30 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-SERVICES = ("features", "model", "metric", "plot")
+PIPELINE_SERVICES = ("features", "model", "metric", "plot")  # the bare baseline's four hops
+SERVICES = PIPELINE_SERVICES + ("drift",)
 
 
 def _ms(p: dict | None) -> str:
     return f"{p['p50']:.0f} / {p['p95']:.0f} / {p['p99']:.0f}" if p else "–"
+
+
+def _figure(values: dict, name: str) -> str:
+    value = values.get(name)
+    return "–" if value is None or value != value else f"{value:.0f}"
+
+
+def _deepest(backlog: dict) -> str:
+    deepest = max(backlog.items(), key=lambda item: item[1]["max"], default=None)
+    return (f"{deepest[1]['max']} ({deepest[0]}; {deepest[1]['max_first_half']} → {deepest[1]['max_second_half']})"
+            if deepest else "–")
+
+
+def _drift(run: dict) -> str:
+    if "drift_caught_up_s" not in run:
+        return "–"
+    return (f"{_deepest(run['drift_backlog'])}; {run['drift_behind_max_events']} rows behind at most, "
+            f"caught up {run['drift_caught_up_s']:.1f} s after the last row")
 
 
 def _load(load: dict) -> str:
@@ -26,17 +45,16 @@ def table(results: dict) -> str:
     bare = next((r for r in results["runs"] if r["kind"] == "bare"), None)
     lines = [
         "| run | events | sustained ev/s | × bare | to CSV p50 / p95 / p99 ms | to PNG p50 / p95 / p99 ms "
-        "| PNG lag behind row, max ms | deepest ready backlog (queue; deepest in 1st → 2nd half of publishing) | peak RSS MB (features / model / metric / plot) "
-        "| CPU ms per 1000 events (features / model / metric / plot / broker) | load before |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
+        "| PNG lag behind row, max ms | deepest ready backlog (queue; deepest in 1st → 2nd half of publishing) "
+        "| drift: deepest ready backlog of its queues; rows not yet counted; catching up "
+        "| peak RSS MB (features / model / metric / plot / drift) "
+        "| CPU ms per 1000 events (features / model / metric / plot / drift / broker) | load before |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|",
     ]
     for run in results["runs"]:
         ratio = run["sustained_eps"] / bare["sustained_eps"] if bare and not run["rate"] else float("nan")
-        deepest = max(run["backlog"].items(), key=lambda item: item[1]["max"], default=None)
-        deepest_text = (f"{deepest[1]['max']} ({deepest[0]}; {deepest[1]['max_first_half']} → "
-                        f"{deepest[1]['max_second_half']})" if deepest else "–")
-        rss = " / ".join(f"{run['peak_rss_mb'].get(s, 0):.0f}" for s in SERVICES)
-        cpu = " / ".join(f"{run['cpu_ms_per_1000_events'].get(s, float('nan')):.0f}" for s in SERVICES + ("broker",))
+        rss = " / ".join(_figure(run["peak_rss_mb"], s) for s in SERVICES)
+        cpu = " / ".join(_figure(run["cpu_ms_per_1000_events"], s) for s in SERVICES + ("broker",))
         if run["kind"] == "bare":
             latency, png, lag = _ms(run["latency_sink_ms"]) + " (to last hop)", "–", "–"
             name = "bare pika, full speed"
@@ -46,7 +64,7 @@ def table(results: dict) -> str:
             name = run["name"] if run["name"].startswith("pipeline") else (
                 "pipeline, full speed" if not run["rate"] else f"pipeline, {run['name']}")
         lines.append(f"| {name} | {run['count']} | {run['sustained_eps']:.0f} | {'–' if ratio != ratio else f'{ratio:.2f}'} | {latency} | {png} "
-                     f"| {lag} | {deepest_text} | {rss} | {cpu} | {_load(run['load_before'])} |")
+                     f"| {lag} | {_deepest(run['backlog'])} | {_drift(run)} | {rss} | {cpu} | {_load(run['load_before'])} |")
     return "\n".join(lines)
 
 
@@ -77,6 +95,10 @@ def markdown(results: dict) -> str:
         "and encodes JSON at each hop.",
         "- latency is from `sent_at` (features creates the event) to the row seen on disk, and to the "
         "`error_distribution.json` written right after the PNG that includes the row.",
+        "- drift runs beside the pipeline (at nice 10, as `make run` starts it; the bare baseline has none). "
+        "\"rows not yet counted\" is the most rows the CSV had beyond the outcomes drift had made durable "
+        "(one snapshot a second); drift's CPU is counted until it has taken in every event, the others' "
+        "until the last row is drawn.",
         "",
         table(results),
         "",
@@ -107,8 +129,9 @@ def plot(results: dict, path: Path) -> None:
     saturated = next((r for r in results["runs"] if r["kind"] == "pipeline" and r["rate"] == 0), None)
     if saturated:
         depths = saturated["timeline"]["depths"]
-        for queue in ("features", "y_true", "y_pred", "metric_added"):
-            depth_axes.plot([t for t, _ in depths], [d[queue] for _, d in depths], label=queue)
+        for queue in ("features", "y_true", "y_pred", "metric_added", "predictions.drift", "metric_added.drift"):
+            if depths and queue in depths[0][1]:
+                depth_axes.plot([t for t, _ in depths], [d[queue] for _, d in depths], label=queue)
         depth_axes.set(title="ready messages per queue (full speed)", xlabel="seconds", ylabel="messages")
         depth_axes.legend()
     for axes in (rows_axes, latency_axes, depth_axes):
@@ -138,11 +161,13 @@ def history_line(results: dict) -> str:
 
 
 def _cpu_total(run: dict | None) -> str:
-    """CPU ms per 1000 events of the four services together (features includes its start-up)."""
+    """CPU ms per 1000 events of the four pipeline services together (features includes its start-up),
+    then the broker's and drift's apart, so the figure compares with earlier lines and the bare one."""
     if not run or "cpu_ms_per_1000_events" not in run:
         return "–"
     cpu = run["cpu_ms_per_1000_events"]
-    return f"{sum(cpu.get(s, 0) for s in SERVICES):.0f} (+{cpu.get('broker', float('nan')):.0f} broker)"
+    drift = f", +{cpu['drift']:.0f} drift" if cpu.get("drift") is not None else ""
+    return f"{sum(cpu.get(s, 0) for s in PIPELINE_SERVICES):.0f} (+{cpu.get('broker', float('nan')):.0f} broker{drift})"
 
 
 HISTORY_HEADER = ("| date | commit | change | load at start | pipeline ev/s | bare ev/s | ratio | p99 to CSV at "

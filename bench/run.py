@@ -3,15 +3,18 @@
     .venv/bin/python bench/run.py [--count 20000] [--rates 100,500,1000] [--rate-seconds 20] [--label TEXT]
 
 Each run gets a fresh vhost on the local RabbitMQ and fresh logs; the services run exactly as
-`make run` starts them (scripts/run_pipeline.Pipeline), with every guarantee on (persistent
-messages, confirms, fsync). In order:
-1. bare: the broker's limit for our topology (bench/bare.py), N events;
+`make run` starts them (scripts/run_pipeline.Pipeline), drift among them (at its default nice 10),
+with every guarantee on (persistent messages, confirms, fsync). In order:
+1. bare: the broker's limit for our topology (bench/bare.py), N events; no drift;
 2. saturated: `features --rate 0 --count N`;
 3. each fixed rate for --rate-seconds, then 90 % of the saturated run's sustained rate (is the backlog
    bounded when the pipeline is kept busy but not overrun?);
 4. wide: the own-data path at full speed, on a generated 50-column table (numeric and text columns,
    missing values) trained with learn_model's default pipeline: throughput and peak RSS per service;
 5. restore: metric's and plot's start on a generated 1,000,000-row log.
+A pipeline run ends when every row is drawn; drift may trail it (it yields the CPU to the pipeline),
+so the bench then waits for drift to have counted every event on both streams, and counts drift's
+CPU up to that moment (the other services' up to the last row, as before).
 Results go to bench/results/results.{md,json,png}; one line per run is appended to history.md.
 The benchmark reports; it asserts nothing about speed.
 """
@@ -37,12 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from observe import CsvTail, Probe, Sampler, SummaryTail  # noqa: E402
+from observe import CsvTail, DriftTail, Probe, Sampler, SummaryTail  # noqa: E402
 from run_pipeline import Pipeline  # noqa: E402
 from waiting import wait_until  # noqa: E402
 
 QUEUES = ["features", "y_true", "y_pred", "metric_added"]
-CONSUMED = {"features": "model", "y_true": "metric", "y_pred": "metric", "metric_added": "plot"}
+DRIFT_QUEUES = ["predictions.drift", "metric_added.drift"]  # declared by drift alone, once it has started
+CONSUMERS = ("model", "metric", "plot", "drift")  # as make run starts them (scripts/run_pipeline.py)
 BROKER_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("BENCH_RABBITMQ_PORT", "5672"))
 BROKER_PID: dict[str, int] = {}
@@ -101,16 +105,17 @@ def load_now() -> dict:
 def git_commit() -> str:
     result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "common", "features", "model",
-                            "metric", "plot", "bench", ":!bench/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+                            "metric", "plot", "drift", "bench", ":!bench/results"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
     return result.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def consumers_ready(amqp_url: str) -> bool:
+def consumers_ready(amqp_url: str, queues: list[str] = QUEUES) -> bool:
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()
         counts = []
-        for queue in QUEUES:
+        for queue in queues:
             try:
                 counts.append(channel.queue_declare(queue, passive=True).method.consumer_count)
             except pika.exceptions.ChannelClosedByBroker:
@@ -140,14 +145,15 @@ def sustained_rate(times) -> float:
     return (high - low) / (times[high] - times[low])
 
 
-def backlog(depths: list[tuple[float, dict[str, int]]], started: float, producing_until: float) -> dict:
+def backlog(depths: list[tuple[float, dict[str, int]]], started: float, producing_until: float,
+            queues: list[str] = QUEUES) -> dict:
     """Deepest ready backlog per queue, overall and in each half of the time features was publishing:
     a bounded backlog is about as deep in the second half as in the first, a growing one deeper."""
     if not depths:
         return {}
     middle = (started + producing_until) / 2
     result = {}
-    for queue in QUEUES:
+    for queue in queues:
         halves = ([d[queue] for t, d in depths if t < middle],
                   [d[queue] for t, d in depths if middle <= t <= producing_until])
         result[queue] = {"max": max(d[queue] for _, d in depths),
@@ -169,19 +175,23 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
         pipeline = Pipeline(env=env, output_dir=run_dir / "service-output")
         threads = []
         try:
-            for service in ("model", "metric", "plot"):
+            for service in CONSUMERS:
                 pipeline.start(service)
-            wait_until(lambda: consumers_ready(amqp_url) or _fail_if_dead(pipeline), 60, message="the consumers")
+            # drift declares its queues and consumes once its detectors are calibrated: it sees every event
+            wait_until(lambda: consumers_ready(amqp_url, QUEUES + DRIFT_QUEUES) or _fail_if_dead(pipeline), 60,
+                       message="the consumers")
             probe = Probe(amqp_url)
             csv_tail = CsvTail(logs_dir / "metric_log.csv")
             summary = SummaryTail(logs_dir / "error_distribution.json")
-            threads = [probe, csv_tail, summary]
+            drift_tail = DriftTail(logs_dir / "drift_ids.log")
+            threads = [probe, csv_tail, summary, drift_tail]
             for thread in threads:
                 thread.start()
             probe.ready.wait(10)
             started = time.time()
             pipeline.start("features", ["--rate", str(rate), "--count", str(count), *feature_args])
-            sampler = Sampler(amqp_url, QUEUES, {n: p.pid for n, p in pipeline.processes.items()}, BROKER_PID)
+            sampler = Sampler(amqp_url, QUEUES + DRIFT_QUEUES, {n: p.pid for n, p in pipeline.processes.items()},
+                              BROKER_PID)
             sampler.start()
             threads.append(sampler)
             profilers = start_profilers(pipeline, run_dir) if PROFILE else []
@@ -198,6 +208,12 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
             wait_until(done, timeout, 0.1, message=f"{count} rows drawn")
             finished = time.time()
             sampler.sample_rss()
+            cpu_used = sampler.cpu_used()
+            wait_until(lambda: drift_tail.caught_up(count) or _fail_if_dead(pipeline, allowed={"features"}),
+                       max(1.0, timeout - (finished - started)), 0.1, message=f"drift to count {count} events")
+            drift_caught_up = time.time()
+            sampler.sample_rss()
+            cpu_used["drift"] = sampler.cpu_used().get("drift")  # all its work, done after the last row too
         finally:
             for thread in threads:
                 thread.stop()
@@ -221,8 +237,11 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
         "png_lag_ms": percentiles_ms(drawn_at - seen_at),
         "redraws": len(summary.counts),
         "backlog": backlog(sampler.depths, started, producing_until),
+        "drift_backlog": backlog(sampler.depths, started, producing_until, DRIFT_QUEUES),
+        "drift_behind_max_events": drift_behind(seen_at, drift_tail.counted),
+        "drift_caught_up_s": drift_caught_up - finished,
         "peak_rss_mb": sampler.peak_rss_mb,
-        "cpu_ms_per_1000_events": _per_1000(sampler.cpu_used(), count),
+        "cpu_ms_per_1000_events": _per_1000(cpu_used, count),
         "load_before": load_before, "load_after": load_now(),
         "timeline": {"rows": _thin(seen_at - started),
                      "depths": [(t - started, d) for t, d in sampler.depths],
@@ -230,6 +249,19 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
     }
     log(f"{name}: {_one_line(result)}")
     return result
+
+
+def drift_behind(seen_at: np.ndarray, counted: list[tuple[float, int, int]]) -> int:
+    """The most rows the CSV had that drift had not yet counted as outcomes (durably: drift writes its
+    ids log once per snapshot, so this includes up to one snapshot interval of rows)."""
+    if not len(seen_at):
+        return 0
+    times = np.array([t for t, _, _ in counted], dtype=float)
+    outcomes = np.array([o for _, _, o in counted], dtype=np.int64)
+    rows = np.arange(1, len(seen_at) + 1)
+    at = np.searchsorted(times, seen_at, side="right") - 1
+    counted_then = np.where(at >= 0, outcomes[np.maximum(at, 0)], 0)
+    return int((rows - counted_then).max())
 
 
 def start_profilers(pipeline: Pipeline, run_dir: Path) -> list[subprocess.Popen]:
@@ -357,8 +389,8 @@ def _fail_if_dead(pipeline: Pipeline, allowed: set[str] = frozenset()) -> bool:
     return False
 
 
-def _per_1000(cpu_seconds: dict[str, float], events: int) -> dict[str, float]:
-    return {name: seconds * 1e6 / events for name, seconds in cpu_seconds.items()}
+def _per_1000(cpu_seconds: dict[str, float | None], events: int) -> dict[str, float]:
+    return {name: seconds * 1e6 / events for name, seconds in cpu_seconds.items() if seconds is not None}
 
 
 def _thin(values, points: int = 2000) -> list[float]:
@@ -376,6 +408,9 @@ def _one_line(result: dict) -> str:
     deepest = max(result["backlog"].items(), key=lambda item: item[1]["max"], default=None)
     if deepest:
         parts.append(f"deepest {deepest[0]} {deepest[1]['max']}")
+    if "drift_caught_up_s" in result:
+        parts.append(f"drift at most {result['drift_behind_max_events']} rows behind, caught up "
+                     f"{result['drift_caught_up_s']:.1f}s after the last row")
     parts.append("CPU ms/1000 ev " + " ".join(f"{k} {v:.0f}" for k, v in sorted(result["cpu_ms_per_1000_events"].items())))
     parts.append("RSS " + " ".join(f"{k} {v:.0f}" for k, v in sorted(result["peak_rss_mb"].items())))
     return "; ".join(parts)

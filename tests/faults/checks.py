@@ -5,7 +5,10 @@
 - Every line of the CSV is a complete row (no half-written line anywhere, the file ends with \\n).
 - The PNG decodes, and the drawn histogram (the JSON beside it) counts exactly the CSV's errors.
 - Each dead-letter queue holds exactly the malformed messages injected into its queue, each with a
-  rejection reason and its source queue.
+  one-line rejection reason (naming the field, where the injection says which) and its source queue.
+- drift counted every id that has a row exactly once on each of its streams (its ids log, up to what its
+  latest snapshot covers: what drift itself would restore), its detectors took in as many events as
+  the log counts, and alerts.jsonl holds well-formed alerts, each episode raised once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mlmonitor.messages import InvalidMessage, MonitorAlert, decode
 
 HEADER = "id,y_true,y_pred,absolute_error"
 REASON_HEADER = "x-rejection-reason"
@@ -136,9 +141,11 @@ def check_plot(logs_dir: Path, rows: list[Row], histogram_factory) -> list[str]:
     return problems
 
 
-def check_dead_letters(found: dict[str, list[tuple[bytes, dict]]],
-                       expected: dict[str, list[bytes]]) -> tuple[int, list[str]]:
-    """found/expected: queue -> messages in (found) or injected into (expected) `<queue>.dlq`."""
+def check_dead_letters(found: dict[str, list[tuple[bytes, dict]]], expected: dict[str, list[bytes]],
+                       reasons: dict[bytes, str] | None = None) -> tuple[int, list[str]]:
+    """found/expected: queue -> messages in (found) or injected into (expected) `<queue>.dlq`;
+    reasons: body -> how its rejection reason must begin (the field it names)."""
+    reasons = reasons or {}
     problems = []
     total = 0
     for queue in sorted(set(found) | set(expected)):
@@ -151,12 +158,130 @@ def check_dead_letters(found: dict[str, list[tuple[bytes, dict]]],
         for body in bodies - wanted:
             problems.append(f"{queue}.dlq holds a message nobody injected: {body[:100]!r}")
         for body, headers in messages:
-            if not headers.get(REASON_HEADER):
+            reason = headers.get(REASON_HEADER)
+            if isinstance(reason, bytes):
+                reason = reason.decode("utf-8", errors="replace")
+            if not reason:
                 problems.append(f"{queue}.dlq: {body[:60]!r} has no {REASON_HEADER}")
+            elif "\n" in reason:
+                problems.append(f"{queue}.dlq: {body[:60]!r} has a reason of more than one line: {reason[:120]!r}")
+            elif body in reasons and not reason.startswith(reasons[body]):
+                problems.append(f"{queue}.dlq: {body[:60]!r} has the reason {reason[:120]!r}, expected one "
+                                f"beginning {reasons[body]!r}")
             if headers.get(SOURCE_QUEUE_HEADER) != queue:
                 problems.append(f"{queue}.dlq: {body[:60]!r} has {SOURCE_QUEUE_HEADER}="
                                 f"{headers.get(SOURCE_QUEUE_HEADER)!r}")
     return total, problems
+
+
+DRIFT_STATE = "drift_state.json"
+DRIFT_IDS = "drift_ids.log"
+ALERTS = "alerts.jsonl"
+DRIFT_STREAMS = {"p": "predictions", "o": "outcomes"}  # the ids log's stream letters
+PREDICTION_STREAM_KINDS = ("feature_drift", "prediction_drift")  # the other kinds take the outcomes
+
+
+@dataclass
+class DriftVerdict:
+    missed: list[str] = field(default_factory=list)  # "<stream> <id>": a row's id drift did not count
+    twice: list[str] = field(default_factory=list)  # "<stream> <id>": counted more than once
+    without_row: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in DRIFT_STREAMS.values()})
+    problems: list[str] = field(default_factory=list)
+
+
+def read_drift_counts(logs_dir: Path) -> tuple[dict[str, Counter], dict | None, list[str]]:
+    """How often drift counted each id per stream, as its latest snapshot holds it: the ids log up to
+    the snapshot's `ids_bytes` (drift cuts the rest at start, as no durable state counts it); the
+    snapshot; problems reading them."""
+    counts = {stream: Counter() for stream in DRIFT_STREAMS.values()}
+    try:
+        state = json.loads((logs_dir / DRIFT_STATE).read_text())
+        covered = int(state["ids_bytes"])
+    except FileNotFoundError:
+        return counts, None, [f"drift wrote no {DRIFT_STATE}"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return counts, None, [f"{DRIFT_STATE} unreadable: {type(error).__name__}: {error}"]
+    problems = []
+    try:
+        data = (logs_dir / DRIFT_IDS).read_bytes()
+    except FileNotFoundError:
+        data = b""
+    if len(data) < covered:
+        problems.append(f"{DRIFT_IDS} holds {len(data)} bytes, the snapshot counted {covered}")
+    data = data[:covered]
+    if data and not data.endswith(b"\n"):
+        problems.append(f"{DRIFT_IDS} ends in a half line at the snapshot's {covered} bytes")
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        letter, _, event_id = line.partition(" ")
+        if letter not in DRIFT_STREAMS or not event_id:
+            problems.append(f"{DRIFT_IDS} line {number} is not '<p|o> <id>': {line[:80]!r}")
+            continue
+        counts[DRIFT_STREAMS[letter]][event_id] += 1
+    return counts, state, problems
+
+
+def check_drift_counts(counts: dict[str, Counter], state: dict | None, row_ids: list[str]) -> DriftVerdict:
+    """Each row's id counted exactly once on each stream; every detector took in what its stream counted."""
+    verdict = DriftVerdict()
+    rows = set(row_ids)
+    for stream, counted in counts.items():
+        verdict.missed += [f"{stream} {event_id}" for event_id in sorted(rows) if not counted[event_id]]
+        verdict.twice += [f"{stream} {event_id}" for event_id, count in sorted(counted.items()) if count > 1]
+        verdict.without_row[stream] = sorted(set(counted) - rows)
+    for detector in (state or {}).get("detectors", []):
+        config = detector.get("config") or detector
+        kind, name = config.get("kind"), config.get("name", "?")
+        stream = DRIFT_STREAMS["p"] if kind in PREDICTION_STREAM_KINDS else DRIFT_STREAMS["o"]
+        logged = sum(counts[stream].values())
+        if detector.get("events") != logged:
+            verdict.problems.append(f"drift's detector {name} took in {detector.get('events')} events, "
+                                    f"its ids log counts {logged} {stream}")
+    return verdict
+
+
+def check_alerts(text: bytes, announced: list[bytes]) -> tuple[list[MonitorAlert], list[str]]:
+    """alerts.jsonl (`text`) against what drift announced on monitor_alerts (`announced`, the bodies in
+    its recent-alerts queue): every line an alert, each (episode, state) written once, a detector's
+    alerts alternating raise and resolve of one episode, the file and the exchange telling the same."""
+    alerts, problems = [], []
+    if text and not text.endswith(b"\n"):
+        problems.append(f"{ALERTS} ends in a half-written line")
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            alerts.append(decode(MonitorAlert, line))
+        except InvalidMessage as invalid:
+            problems.append(f"{ALERTS} line {number} is not an alert ({invalid.reason}): {line[:80]!r}")
+    written = Counter((alert.episode, alert.state) for alert in alerts)
+    problems += [f"{ALERTS} holds the {state} of episode {episode} {count} times"
+                 for (episode, state), count in written.items() if count > 1]
+    open_episodes: dict[str, str] = {}  # detector -> its open episode
+    seen = set()
+    for alert in alerts:
+        if (alert.episode, alert.state) in seen:
+            continue  # reported above
+        seen.add((alert.episode, alert.state))
+        opened = open_episodes.get(alert.detector)
+        if alert.state == "raised" and opened is not None and opened != alert.episode:
+            problems.append(f"{alert.detector} raised {alert.episode} while {opened} was open")
+        elif alert.state == "resolved" and opened != alert.episode:
+            problems.append(f"{alert.detector} resolved {alert.episode}, which was not open")
+        if alert.state == "raised":
+            open_episodes[alert.detector] = alert.episode
+        elif opened == alert.episode:
+            del open_episodes[alert.detector]
+    published = set()
+    for body in announced:
+        try:
+            alert = decode(MonitorAlert, body)
+        except InvalidMessage as invalid:
+            problems.append(f"monitor_alerts carried something that is not an alert ({invalid.reason})")
+            continue
+        published.add((alert.episode, alert.state))
+    problems += [f"{state} of {episode} announced on monitor_alerts but not in {ALERTS}"
+                 for episode, state in sorted(published - set(written))]
+    problems += [f"{state} of {episode} in {ALERTS} but never announced on monitor_alerts"
+                 for episode, state in sorted(set(written) - published)]
+    return alerts, problems
 
 
 # pika logs these, with a traceback, whenever a connection breaks or can't be made: the faults themselves

@@ -1,8 +1,10 @@
 """One scenario run: the pipeline on a vhost of its own, the faults a scenario injects, the checks after.
 
-A `ScenarioRun` starts model, metric, plot and features (`--count N --confirmed-ids-file`), lets
-the scenario hurt it, restarts what the scenario killed, then waits (bounded) until the pipeline is
-quiet and checks every file and queue (see checks.py). Every wait polls a condition with a deadline.
+A `ScenarioRun` starts model, metric, plot and drift, waits until drift has declared its queues
+(as `make run` does, so drift sees every event), then features (`--count N --confirmed-ids-file`);
+it lets the scenario hurt it, restarts what the scenario killed, then waits (bounded) until the
+pipeline is quiet and drift has caught up, and checks every file and queue (see checks.py). Every
+wait polls a condition with a deadline.
 """
 
 from __future__ import annotations
@@ -17,16 +19,24 @@ from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker import drain, publish_raw, queue_depth
-from brokers import WORK_QUEUES, Broker, socket_inodes
-from checks import (check_dead_letters, check_plot, check_rows, count_lines, parse_metric_log, read_confirmed,
+import pika
+
+from broker import connect, drain, publish_raw, queue_depth
+from brokers import DRIFT_QUEUES, WORK_QUEUES, Broker, socket_inodes
+from checks import (ALERTS, DRIFT_IDS, DRIFT_STATE, check_alerts, check_dead_letters, check_drift_counts, check_plot,
+                    check_rows, count_lines, parse_metric_log, read_confirmed, read_drift_counts,
                     unexpected_tracebacks)
+from mlmonitor.topology import DRIFT, RECENT_ALERTS, declare
 from run_pipeline import Pipeline
 from tcp_proxy import TcpProxy
 
-SERVICES = ("features", "model", "metric", "plot")
-CONSUMED_BY = {"model": ("features",), "metric": ("y_true", "y_pred"), "plot": ("metric_added",)}
+SERVICES = ("features", "model", "metric", "plot", "drift")
+CONSUMERS = ("model", "metric", "plot", "drift")
 POLL = 0.05
+# drift runs at nice 10 and trails the pipeline under load: its wait at the end lasts while it makes
+# progress, and fails only after this long without any (or after DRIFT_CATCH_UP_MAX in all)
+DRIFT_STALL_SECONDS = 60
+DRIFT_CATCH_UP_MAX = 300
 
 
 class Skipped(Exception):
@@ -70,6 +80,9 @@ class Result:
     rows: int = 0
     lost: int = 0
     duplicated: int = 0
+    drift_missed: int = 0  # a row's id drift did not count, per stream
+    drift_twice: int = 0  # an id drift counted more than once on a stream
+    alerts: int = 0  # lines in alerts.jsonl: every one is spurious on the suite's stationary stream
     dead_lettered: int = 0
     faults: list[Fault] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -84,7 +97,8 @@ class Result:
 
     @property
     def valid(self) -> bool:
-        return self.skipped is None and not self.problems and self.lost == 0 and self.duplicated == 0
+        return (self.skipped is None and not self.problems and self.lost == self.duplicated == 0
+                and self.drift_missed == self.drift_twice == self.alerts == 0)
 
 
 class ScenarioRun:
@@ -106,7 +120,8 @@ class ScenarioRun:
         self._known_pairs = known_pairs
         self._histogram_factory = histogram_factory
         self.result = Result(name)
-        self.expected_dead_letters: dict[str, list[bytes]] = {queue: [] for queue in WORK_QUEUES}
+        self.expected_dead_letters: dict[str, list[bytes]] = {queue: [] for queue in WORK_QUEUES + DRIFT_QUEUES}
+        self.expected_reasons: dict[bytes, str] = {}  # body -> how its rejection reason begins
         self._mounted = False
         if logs_on_tmpfs:
             self._mount_tmpfs(logs_on_tmpfs)
@@ -140,6 +155,43 @@ class ScenarioRun:
 
     def confirmed(self) -> int:
         return count_lines(self.confirmed_path)
+
+    def drift_counted(self) -> int:
+        """Ids drift has counted, on both streams, as far as its ids log shows (progress, not the check)."""
+        return count_lines(self.logs_dir / DRIFT_IDS)
+
+    def drift_snapshot(self) -> tuple[int, int, int] | None:
+        """drift_state.json's (inode, mtime, size): a new snapshot replaces the file."""
+        try:
+            stat = os.stat(self.logs_dir / DRIFT_STATE)
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+    def drift_queues(self) -> int:
+        """Messages (ready and unacked) in drift's queues."""
+        return sum(count for queue, count in self.broker.messages(self.vhost).items() if queue in DRIFT_QUEUES)
+
+    def drift_queues_declared(self) -> bool:
+        connection = connect(self.broker.url(self.vhost))
+        try:
+            channel = connection.channel()
+            for queue in DRIFT_QUEUES:
+                channel.queue_declare(queue, passive=True)  # a missing queue closes the channel
+            return True
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def declare_drift_queues(self) -> None:
+        """drift's part of the topology, as an earlier run of drift leaves it (durable)."""
+        connection = connect(self.broker.url(self.vhost))
+        try:
+            declare(connection.channel(), DRIFT)
+        finally:
+            connection.close()
 
     def journal(self, text: str) -> None:
         """A timestamped line in faults.log, beside the services' output, to line the two up."""
@@ -177,9 +229,17 @@ class ScenarioRun:
         self.pipelines[service].start(service, args)
         self.journal(f"started {service} {' '.join(args)}")
 
-    def start_all(self) -> None:
-        for service in ("model", "metric", "plot", "features"):
+    def start_all(self, wait_for_drift: bool = True) -> None:
+        """Starts every service; features once drift has declared its queues (they are drift's alone),
+        unless `wait_for_drift` is False (the broker is down: the scenario declared them before)."""
+        for service in CONSUMERS:
             self.start(service)
+        def declared_or_dead() -> bool:
+            return self.drift_queues_declared() or self.process("drift").poll() is not None
+
+        if wait_for_drift and not wait_for(declared_or_dead, 60, "drift's queues", interval=0.2):
+            self.result.problems.append("drift did not declare its queues within 60s")
+        self.start("features")
 
     def signal(self, services, sig: int) -> None:
         for service in services:
@@ -226,10 +286,11 @@ class ScenarioRun:
             self.result.problems.append(f"after {description}: {', '.join(victims)} not all connected "
                                         f"within {timeout}s")
             return fault
-        counts = {"rows": self.rows, "plot": self.plotted, "confirmed": self.confirmed}
+        counts = {"rows": self.rows, "plot": self.plotted, "confirmed": self.confirmed, "drift": self.drift_counted}
         before = {name: counts[name]() for name in watch}
         done = {"rows": self._stream_done, "confirmed": self.features_done,
-                "plot": lambda: self._stream_done() and self.plotted() >= self.rows()}
+                "plot": lambda: self._stream_done() and self.plotted() >= self.rows(),
+                "drift": lambda: self._stream_done() and self.drift_counted() >= 2 * self.rows()}
         pending = set(watch)
 
         def progressed() -> bool:
@@ -247,7 +308,8 @@ class ScenarioRun:
     # --- malformed input ----------------------------------------------------------------------
 
     def inject_malformed(self, round_number: int) -> None:
-        """Publishes a set of malformed messages into every work queue; each must reach its .dlq."""
+        """Publishes a set of malformed messages into every work queue; each must reach its .dlq. A string
+        is a class label since classifiers are watched too, so an empty one stands for a wrong type."""
         tag = f"bad-{round_number}"
         ten = [0.01] * 10
         bodies = {
@@ -255,7 +317,7 @@ class ScenarioRun:
                          json.dumps({"id": f"{tag}-f3", "body": "0.1"}), json.dumps({"id": f"{tag}-f4"}),
                          json.dumps({"id": None, "body": ten, "tag": f"{tag}-f5"}),
                          '{"id": "%s-f6", "body": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]}' % tag],
-            "y_true": [f"{{truncated {tag}-t1", json.dumps({"id": f"{tag}-t2", "body": "151"}),
+            "y_true": [f"{{truncated {tag}-t1", json.dumps({"id": f"{tag}-t2", "body": ""}),
                        json.dumps({"id": f"{tag}-t3", "body": None}), '{"id": "%s-t4", "body": Infinity}' % tag,
                        json.dumps({"id": True, "body": 1.0, "tag": f"{tag}-t5"}), json.dumps([f"{tag}-t6"])],
             "y_pred": [f"\xff\xfe {tag}-p1", json.dumps({"id": f"{tag}-p2", "body": [1.0]}),
@@ -263,8 +325,30 @@ class ScenarioRun:
                        json.dumps({"id": "", "body": 1.0, "tag": f"{tag}-p5"})],
             "metric_added": [f"<xml>{tag}-m1</xml>",
                              json.dumps({"id": f"{tag}-m2", "y_true": 1.0, "y_pred": 2.0}),
-                             json.dumps({"id": f"{tag}-m3", "y_true": 1.0, "y_pred": "2", "absolute_error": 1.0}),
+                             json.dumps({"id": f"{tag}-m3", "y_true": 1.0, "y_pred": "", "absolute_error": 1.0}),
                              json.dumps({"id": f"{tag}-m4", "y_true": 1.0, "y_pred": 2.0, "absolute_error": -1.0})],
+        }
+        # drift's queues, with the field each reason must name first
+        drift_bodies = {
+            "predictions.drift": [
+                (f"not json {tag}-d1", "message:"),
+                (json.dumps({"id": f"{tag}-d2", "body": 150.0, "features": [0.1, 0.2]}), "features:"),
+                (json.dumps({"id": f"{tag}-d3", "body": "a label", "features": ten}), "body:"),
+                (json.dumps({"id": f"{tag}-d4", "body": 150.0, "features": ten[:9] + ["text"]}), "features.9"),
+                ('{"id": "%s-d5", "body": 150.0, "features": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]}' % tag,
+                 "features.0"),
+                (json.dumps({"body": 150.0, "features": ten, "tag": f"{tag}-d6"}), "id:"),
+                (json.dumps({"id": f"{tag}-d7", "features": ten}), "body:")],
+            "metric_added.drift": [
+                (f"\xff\xfe {tag}-e1", "message:"),
+                (json.dumps({"id": f"{tag}-e2", "y_true": 151.0, "y_pred": 140.0}), "absolute_error:"),
+                (json.dumps({"id": f"{tag}-e3", "y_true": "a label", "y_pred": 140.0, "absolute_error": 1.0}),
+                 "y_true:"),
+                (json.dumps({"id": f"{tag}-e4", "y_true": 151.0, "y_pred": 140.0, "absolute_error": -11.0}),
+                 "absolute_error:"),
+                ('{"id": "%s-e5", "y_true": Infinity, "y_pred": 140.0, "absolute_error": 1.0}' % tag, "y_true:"),
+                (json.dumps({"id": None, "y_true": 151.0, "y_pred": 140.0, "absolute_error": 11.0,
+                             "tag": f"{tag}-e6"}), "id:")],
         }
         url = self.broker.url(self.vhost)
         self.journal(f"injecting malformed messages {tag}-* at {self.rows()} rows")
@@ -272,6 +356,11 @@ class ScenarioRun:
             encoded = [message.encode("utf-8", errors="surrogateescape") for message in messages]
             publish_raw(url, queue, encoded)
             self.expected_dead_letters[queue].extend(encoded)
+        for queue, messages in drift_bodies.items():
+            encoded = [(message.encode("utf-8", errors="surrogateescape"), reason) for message, reason in messages]
+            publish_raw(url, queue, [body for body, _ in encoded])
+            self.expected_dead_letters[queue].extend(body for body, _ in encoded)
+            self.expected_reasons.update(encoded)
 
     # --- disk -------------------------------------------------------------------------------
 
@@ -323,19 +412,43 @@ class ScenarioRun:
                                            if queue in work), 60, "work queues drained", interval=0.5)
         if not wait_for(lambda: self.plotted() >= self.rows(), 60, "plot to draw every row", interval=0.2):
             result.problems.append(f"plot drew {self.plotted()} of {self.rows()} rows after 60s")
-        for service in ("model", "metric", "plot"):
+        drift_caught_up = self._wait_for_drift()
+        for service in CONSUMERS:
             if self.process(service).poll() is not None:
                 result.problems.append(f"{service} died with {self.process(service).returncode}")
             elif not wait_for(lambda: self.connected(service), 60, f"{service} connected"):
                 result.problems.append(f"{service} not connected at the end")  # so SIGTERM finds it started
-        for service in ("model", "metric", "plot"):
+        for service in CONSUMERS:
             code = self._terminate(service)
             if code != 0:
                 result.problems.append(f"{service} exited with {code} on SIGTERM")
         if not drained:
             self._explain_leftovers(confirmed)
+        if not drift_caught_up:
+            for queue in DRIFT_QUEUES:
+                held = drain(self.broker.url(self.vhost), queue)
+                if held:
+                    result.problems.append(f"{queue} still held {len(held)} messages, e.g. {held[0][0][:100]!r}")
         self._check(confirmed)
         return result
+
+    def _wait_for_drift(self) -> bool:
+        """Waits until drift's queues are empty (every delivery acked, so covered by a durable snapshot),
+        for as long as drift keeps counting; returns whether they emptied."""
+        started = last_progress = time.monotonic()
+        counted = self.drift_counted()
+        while True:
+            if self.drift_queues() == 0:
+                self.journal(f"drift caught up {time.monotonic() - started:.1f}s after the pipeline")
+                return True
+            now = time.monotonic()
+            if self.drift_counted() != counted:
+                counted, last_progress = self.drift_counted(), now
+            if now - last_progress > DRIFT_STALL_SECONDS or now - started > DRIFT_CATCH_UP_MAX:
+                self.result.problems.append(f"drift's queues not drained after {now - started:.0f}s "
+                                            f"({now - last_progress:.0f}s without progress)")
+                return False
+            time.sleep(0.5)
 
     def _explain_leftovers(self, confirmed: dict[str, float]) -> None:
         """Messages still held after 60 s (now back in their queues): metric keeps a half whose partner
@@ -388,12 +501,46 @@ class ScenarioRun:
                                        f"e.g. {verdict.unrecorded[0]}")
         result.problems += check_plot(self.logs_dir, rows, self._histogram_factory)
         url = self.broker.url(self.vhost)
-        found = {queue: drain(url, f"{queue}.dlq") for queue in WORK_QUEUES}
-        result.dead_lettered, dlq_problems = check_dead_letters(found, self.expected_dead_letters)
+        found = {queue: drain(url, f"{queue}.dlq") for queue in WORK_QUEUES + DRIFT_QUEUES}
+        result.dead_lettered, dlq_problems = check_dead_letters(found, self.expected_dead_letters,
+                                                                self.expected_reasons)
         result.problems += dlq_problems[:10]
+        self._check_drift([row.id for row in rows])
         for service in SERVICES:
             for ending in unexpected_tracebacks(self.output(service))[:3]:
                 result.problems.append(f"{service} logged a traceback: {ending}")
+
+    def _check_drift(self, row_ids: list[str]) -> None:
+        result = self.result
+        counts, state, problems = read_drift_counts(self.logs_dir)
+        verdict = check_drift_counts(counts, state, row_ids)
+        result.drift_missed, result.drift_twice = len(verdict.missed), len(verdict.twice)
+        result.problems += problems[:5] + verdict.problems[:5]
+        result.problems += [f"drift did not count {missed}" for missed in verdict.missed[:5]]
+        result.problems += [f"drift counted twice {twice}" for twice in verdict.twice[:5]]
+        if verdict.without_row["outcomes"]:
+            result.problems.append(f"drift counted {len(verdict.without_row['outcomes'])} outcomes without a row, "
+                                   f"e.g. {verdict.without_row['outcomes'][0]}")
+        extra = verdict.without_row["predictions"]
+        if extra and any(code == -signal.SIGKILL for code in self._features_exit_codes):
+            result.notes.append(f"drift counted {len(extra)} predictions of events features was SIGKILLed "
+                                "before completing")
+        elif extra:
+            result.problems.append(f"drift counted {len(extra)} predictions without a row, e.g. {extra[0]}")
+        try:
+            text = (self.logs_dir / ALERTS).read_bytes()
+        except FileNotFoundError:
+            text = b""
+        try:
+            announced = [body for body, _ in drain(self.broker.url(self.vhost), RECENT_ALERTS)]
+        except pika.exceptions.ChannelClosedByBroker:
+            announced = []
+            result.problems.append(f"no queue {RECENT_ALERTS}: drift never declared its part of the topology")
+        alerts, problems = check_alerts(text, announced)
+        result.alerts = len(alerts)
+        result.problems += problems[:5]
+        result.problems += [f"spurious {alert.state} {alert.kind} alert ({alert.detector}) after {alert.events} "
+                            f"events: score {alert.score:.2f}" for alert in alerts[:5]]
 
     def close(self) -> None:
         for pipeline in self.pipelines.values():

@@ -93,18 +93,20 @@ def scenario_dir(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-COLUMNS = ("scenario", "faults", "published", "rows", "lost", "duplicated", "dead-lettered", "recover s", "valid?")
+COLUMNS = ("scenario", "faults", "published", "rows", "lost", "duplicated", "drift missed", "drift twice", "alerts",
+           "dead-lettered", "recover s", "valid?")
 
 
 def table(results: list[Result]) -> str:
     lines = []
     for result in results:
         if result.skipped:
-            lines.append((result.scenario, "-", "-", "-", "-", "-", "-", "-", "skipped"))
+            lines.append((result.scenario, *["-"] * (len(COLUMNS) - 2), "skipped"))
             continue
         recovery = result.recovery_seconds
         lines.append((result.scenario, str(len(result.faults)), str(result.published), str(result.rows),
-                      str(result.lost), str(result.duplicated), str(result.dead_lettered),
+                      str(result.lost), str(result.duplicated), str(result.drift_missed), str(result.drift_twice),
+                      str(result.alerts), str(result.dead_lettered),
                       "-" if recovery is None else f"{recovery:.1f}", "true" if result.valid else "FALSE"))
     widths = [max(len(row[i]) for row in [COLUMNS, *lines]) for i in range(len(COLUMNS))]
 

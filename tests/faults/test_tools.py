@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import socket
 import threading
 from pathlib import Path
@@ -10,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from brokers import PrivateBroker, rabbitmq_scripts
-from checks import (HEADER, Row, check_dead_letters, check_rows, parse_metric_log, read_confirmed,
-                    unexpected_tracebacks)
+from checks import (HEADER, Row, check_alerts, check_dead_letters, check_drift_counts, check_rows, parse_metric_log,
+                    read_confirmed, read_drift_counts, unexpected_tracebacks)
+from scenarios import pairs_hitting_each
 from tcp_proxy import TcpProxy
 
 PAIRS = {(151.0, 140.0), (75.0, 80.5)}
@@ -62,6 +65,93 @@ def test_dead_letters_must_be_exactly_the_injected_ones_with_reasons():
     count, problems = check_dead_letters({"features": [(b"bad", {}), (b"valid", good)]},
                                          {"features": [b"bad", b"other"]})
     assert count == 2 and len(problems) == 4  # lacks "other", holds "valid", no reason, no source queue
+
+
+def test_a_dead_letter_reason_must_be_one_line_and_name_the_field_it_was_told():
+    expected = {"predictions.drift": [b"a", b"b", b"c"]}
+    found = {"predictions.drift": [
+        (b"a", {"x-rejection-reason": "features: expected 10 features", "x-source-queue": "predictions.drift"}),
+        (b"b", {"x-rejection-reason": "id: Field required", "x-source-queue": "predictions.drift"}),
+        (b"c", {"x-rejection-reason": "body: bad\nsecond line", "x-source-queue": "predictions.drift"})]}
+    _, problems = check_dead_letters(found, expected, {b"a": "features:", b"b": "body:"})
+    assert len(problems) == 2
+    assert "expected one beginning 'body:'" in problems[0] and "more than one line" in problems[1]
+
+
+def drift_logs(tmp_path: Path, ids: str, covered: int | None = None, events: dict[str, int] | None = None) -> Path:
+    """A logs folder as drift leaves it: the ids log and a snapshot covering `covered` bytes of it."""
+    (tmp_path / "drift_ids.log").write_text(ids)
+    detectors = [{"config": {"name": name, "kind": kind}, "events": count}
+                 for (name, kind), count in zip((("feature.bmi", "feature_drift"), ("prediction", "prediction_drift"),
+                                                 ("performance", "performance")),
+                                                (events or {}).values())]
+    state = {"ids_bytes": len(ids.encode()) if covered is None else covered, "detectors": detectors}
+    (tmp_path / "drift_state.json").write_text(json.dumps(state))
+    return tmp_path
+
+
+def test_drift_must_count_each_row_once_on_each_stream(tmp_path):
+    logs = drift_logs(tmp_path, "p a\no a\np b\np b\no b\np c\no x\n")
+    counts, state, problems = read_drift_counts(logs)
+    verdict = check_drift_counts(counts, state, ["a", "b", "d"])
+    assert problems == []
+    assert verdict.missed == ["predictions d", "outcomes d"]
+    assert verdict.twice == ["predictions b"]
+    assert verdict.without_row == {"predictions": ["c"], "outcomes": ["x"]}
+
+
+def test_ids_past_the_snapshot_are_not_counted_as_drift_cuts_them_at_start(tmp_path):
+    logs = drift_logs(tmp_path, "p a\no a\np b\n", covered=len("p a\no a\n"))
+    counts, state, problems = read_drift_counts(logs)
+    assert check_drift_counts(counts, state, ["a", "b"]).missed == ["predictions b", "outcomes b"]
+    assert problems == []
+
+
+def test_a_snapshot_counting_more_than_the_ids_log_holds_is_reported(tmp_path):
+    _, _, problems = read_drift_counts(drift_logs(tmp_path, "p a\n", covered=100))
+    assert problems and "holds 4 bytes" in problems[0]
+
+
+def test_a_detector_must_take_in_what_its_stream_counted(tmp_path):
+    logs = drift_logs(tmp_path, "p a\no a\np b\no b\n",
+                      events={"feature.bmi": 2, "prediction": 1, "performance": 2})
+    counts, state, _ = read_drift_counts(logs)
+    assert check_drift_counts(counts, state, ["a", "b"]).problems == [
+        "drift's detector prediction took in 1 events, its ids log counts 2 predictions"]
+
+
+def alert(episode: str, state: str, detector: str = "feature.bmi") -> bytes:
+    return json.dumps({"episode": episode, "kind": "feature_drift", "feature": "bmi", "state": state,
+                       "time": "2026-11-29T20:00:00.000+00:00", "events": 400, "score": 1.2, "threshold": 1.0,
+                       "model_version": "m", "detector": detector}).encode()
+
+
+def test_alerts_raised_and_resolved_once_and_announced_pass():
+    lines = [alert("e1", "raised"), alert("e1", "resolved"), alert("e2", "raised")]
+    alerts, problems = check_alerts(b"\n".join(lines) + b"\n", lines + [alert("e1", "raised")])
+    assert (len(alerts), problems) == (3, [])
+
+
+def test_a_second_raise_of_an_episode_or_of_an_open_detector_is_reported():
+    text = b"\n".join([alert("e1", "raised"), alert("e1", "raised"), alert("e2", "raised"), b"{not an alert"])
+    _, problems = check_alerts(text + b"\n", [alert("e1", "raised"), alert("e2", "raised")])
+    assert len(problems) == 3
+    assert "line 4 is not an alert" in problems[0]
+    assert "raised of episode e1 2 times" in problems[1]
+    assert "raised e2 while e1 was open" in problems[2]
+
+
+def test_an_alert_only_in_the_file_or_only_on_the_exchange_is_reported():
+    _, problems = check_alerts(alert("e1", "raised") + b"\n", [alert("e2", "raised")])
+    assert sorted(problem.split(" of ")[1].split()[0] for problem in problems) == ["e1", "e2"]
+
+
+def test_pairs_to_kill_hit_every_service_once_there_are_enough():
+    services = ("features", "model", "metric", "plot", "drift")
+    for seed in range(20):
+        pairs = pairs_hitting_each(random.Random(seed), services, 3)
+        assert all(first != second for first, second in pairs)
+        assert {service for pair in pairs for service in pair} == set(services)
 
 
 def test_only_tracebacks_of_broken_connections_are_expected():

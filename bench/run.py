@@ -50,6 +50,7 @@ CONSUMERS = ("model", "metric", "plot", "drift")  # as make run starts them (scr
 BROKER_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("BENCH_RABBITMQ_PORT", "5672"))
 BROKER_PID: dict[str, int] = {}
+WITH_DRIFT = True  # --no-drift: the pipeline without the drift monitor, to see what drift costs
 PROFILE = False  # --profile: py-spy each service (needs `pip install py-spy`); slows the run
 
 
@@ -175,10 +176,11 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
         pipeline = Pipeline(env=env, output_dir=run_dir / "service-output")
         threads = []
         try:
-            for service in CONSUMERS:
+            drift_queues = DRIFT_QUEUES if WITH_DRIFT else []
+            for service in CONSUMERS if WITH_DRIFT else tuple(c for c in CONSUMERS if c != "drift"):
                 pipeline.start(service)
             # drift declares its queues and consumes once its detectors are calibrated: it sees every event
-            wait_until(lambda: consumers_ready(amqp_url, QUEUES + DRIFT_QUEUES) or _fail_if_dead(pipeline), 60,
+            wait_until(lambda: consumers_ready(amqp_url, QUEUES + drift_queues) or _fail_if_dead(pipeline), 60,
                        message="the consumers")
             probe = Probe(amqp_url)
             csv_tail = CsvTail(logs_dir / "metric_log.csv")
@@ -190,7 +192,7 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
             probe.ready.wait(10)
             started = time.time()
             pipeline.start("features", ["--rate", str(rate), "--count", str(count), *feature_args])
-            sampler = Sampler(amqp_url, QUEUES + DRIFT_QUEUES, {n: p.pid for n, p in pipeline.processes.items()},
+            sampler = Sampler(amqp_url, QUEUES + drift_queues, {n: p.pid for n, p in pipeline.processes.items()},
                               BROKER_PID)
             sampler.start()
             threads.append(sampler)
@@ -209,11 +211,12 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
             finished = time.time()
             sampler.sample_rss()
             cpu_used = sampler.cpu_used()
-            wait_until(lambda: drift_tail.caught_up(count) or _fail_if_dead(pipeline, allowed={"features"}),
-                       max(1.0, timeout - (finished - started)), 0.1, message=f"drift to count {count} events")
+            if WITH_DRIFT:
+                wait_until(lambda: drift_tail.caught_up(count) or _fail_if_dead(pipeline, allowed={"features"}),
+                           max(1.0, timeout - (finished - started)), 0.1, message=f"drift to count {count} events")
+                sampler.sample_rss()
+                cpu_used["drift"] = sampler.cpu_used().get("drift")  # all its work, done after the last row too
             drift_caught_up = time.time()
-            sampler.sample_rss()
-            cpu_used["drift"] = sampler.cpu_used().get("drift")  # all its work, done after the last row too
         finally:
             for thread in threads:
                 thread.stop()
@@ -237,9 +240,9 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
         "png_lag_ms": percentiles_ms(drawn_at - seen_at),
         "redraws": len(summary.counts),
         "backlog": backlog(sampler.depths, started, producing_until),
-        "drift_backlog": backlog(sampler.depths, started, producing_until, DRIFT_QUEUES),
-        "drift_behind_max_events": drift_behind(seen_at, drift_tail.counted),
-        "drift_caught_up_s": drift_caught_up - finished,
+        **({"drift_backlog": backlog(sampler.depths, started, producing_until, DRIFT_QUEUES),
+            "drift_behind_max_events": drift_behind(seen_at, drift_tail.counted),
+            "drift_caught_up_s": drift_caught_up - finished} if WITH_DRIFT else {}),
         "peak_rss_mb": sampler.peak_rss_mb,
         "cpu_ms_per_1000_events": _per_1000(cpu_used, count),
         "load_before": load_before, "load_after": load_now(),
@@ -433,11 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore-rows", type=int, default=1_000_000, help="0 skips the restore measurement")
     parser.add_argument("--timeout", type=float, default=900, help="longest wait for one run to finish")
     parser.add_argument("--profile", action="store_true", help="record py-spy stacks of each service")
+    parser.add_argument("--no-drift", action="store_true", help="run the pipeline without drift (what drift costs)")
     parser.add_argument("--label", default="", help="what changed, for history.md")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-    global PROFILE, BROKER_PID
+    global PROFILE, BROKER_PID, WITH_DRIFT
     PROFILE = args.profile
+    WITH_DRIFT = not args.no_drift
     BROKER_PID = broker_pid()
 
     work = args.out / "tmp"

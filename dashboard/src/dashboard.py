@@ -38,7 +38,7 @@ from mlmonitor.amqp import Delivery, Session, decode_or_dead_letter, run_worker
 from mlmonitor.logs import configure_logging
 from mlmonitor.messages import MetricAdded
 from mlmonitor.metric_log import MetricLogTail, MetricRow
-from mlmonitor.model_store import CARD_NAME, ModelCorrupt, ModelNotReady, read_card
+from mlmonitor.model_store import ModelCorrupt, ModelNotReady, card_signature, read_card
 from mlmonitor.observability import serve_metrics
 from mlmonitor.settings import ConsumerSettings, load_settings, secret_field
 from mlmonitor.topology import DASHBOARD_EVENTS, METRIC_EVENTS_EXCHANGE, PIPELINE, QueueSpec, Topology
@@ -192,11 +192,7 @@ class ModelCardWatcher:
         self._card: dict = {}
 
     def current(self) -> dict:
-        try:
-            status = (self._models_dir / CARD_NAME).stat()
-            stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
-        except FileNotFoundError:
-            stamp = None
+        stamp = card_signature(self._models_dir)
         with self._lock:
             if stamp != self._stamp:
                 self._stamp, self._card = stamp, self._read()

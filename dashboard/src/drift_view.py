@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from mlmonitor.files import file_signature
 from mlmonitor.messages import InvalidMessage, MonitorAlert, decode
 
 log = logging.getLogger("dashboard.drift")
@@ -38,12 +39,6 @@ MEAN_OF = {"feature_drift": "mean", "prediction_drift": "mean prediction", "targ
            "performance": "mean error"}
 
 
-def _stamp(path: Path) -> tuple | None:
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        return None
-    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 class SummaryWatcher:
@@ -55,7 +50,7 @@ class SummaryWatcher:
         self._read: tuple[dict | None, str | None] = (None, None)
 
     def current(self) -> tuple[dict | None, str | None]:
-        stamp = _stamp(self.path)
+        stamp = file_signature(self.path)
         if stamp != self._stamp:
             self._stamp, self._read = stamp, self._load(stamp)
         return self._read

@@ -9,19 +9,18 @@ calibrated on this thread, for the worker to swap in between two batches.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
 from detectors import Detector
-from mlmonitor.model_store import CARD_NAME, ModelCard, ModelCorrupt, ModelNotReady, read_card
+from mlmonitor.files import FileSignature
+from mlmonitor.model_store import ModelCard, ModelCorrupt, ModelNotReady, card_signature, read_card
 from monitor import OUTCOMES, PREDICTIONS, DriftMonitor, NoReference, build_detectors, reference_fingerprint
 from state_store import StateStore
 
 log = logging.getLogger("drift")
 
-CardSignature = tuple[int, int, int]  # the card file's (inode, mtime_ns, size)
 
 
 class Worker(Protocol):
@@ -30,12 +29,6 @@ class Worker(Protocol):
     def offer_version(self, card: ModelCard, detectors: list[Detector]) -> None: ...
 
 
-def card_signature(models_dir: Path) -> CardSignature | None:
-    try:
-        stat = os.stat(Path(models_dir) / CARD_NAME)
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def start_monitor(card: ModelCard, store: StateStore, calibration: Mapping[str, float]) -> tuple[DriftMonitor, str]:
@@ -75,7 +68,7 @@ class ModelFollower:
         self._worker = worker
         self._should_stop = should_stop
         self._stopped = threading.Event()
-        self._settled: CardSignature | None = None  # the card last taken, refused or found unchanged
+        self._settled: FileSignature | None = None  # the card last taken, refused or found unchanged
         self._version: str | None = None
         self._reference: str | None = None  # the fingerprint of the card's reference being watched
         self._reported: str | None = None

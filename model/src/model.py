@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -34,7 +33,8 @@ from mlmonitor.amqp import Delivery, ServiceRunner, Session
 from mlmonitor.logs import EventLog
 from mlmonitor.messages import (FeaturesMessage, InvalidMessage, PredictionMessage, PredictionWithInputs, decode,
                                 describe_validation_error)
-from mlmonitor.model_store import CARD_NAME, ModelCard, ModelCorrupt, ModelNotReady, load_model, read_card
+from mlmonitor.files import FileSignature
+from mlmonitor.model_store import CARD_NAME, ModelCard, ModelCorrupt, ModelNotReady, card_signature, load_model, read_card
 from mlmonitor.schema import NUMERIC, FeatureSchema
 from mlmonitor.service import start_service
 from mlmonitor.settings import ConsumerSettings
@@ -52,7 +52,6 @@ MAX_REASON_LENGTH = 300
 PROBABILITY_SLACK = 1e-9  # rows off by more than float noise are scaled to add up to 1
 
 ONLY_FLOATS = {float}
-CardSignature = tuple[int, int, int]  # the card file's (inode, mtime_ns, size)
 
 
 class Settings(ConsumerSettings):
@@ -230,13 +229,6 @@ def load_version(models_dir: Path, extra_trusted: tuple[str, ...] = (), serving:
     return served
 
 
-def card_signature(models_dir: Path) -> CardSignature | None:
-    """What tells a replaced card from the one we loaded: None while there is no card."""
-    try:
-        stat = os.stat(Path(models_dir) / CARD_NAME)
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def version_named_in(models_dir: Path) -> str:
@@ -247,7 +239,7 @@ def version_named_in(models_dir: Path) -> str:
 
 
 def wait_for_model(models_dir: Path, poll_seconds: float, extra_trusted: tuple[str, ...] = (),
-                   should_stop: Callable[[], bool] = lambda: False) -> tuple[CardSignature | None, ServedModel] | None:
+                   should_stop: Callable[[], bool] = lambda: False) -> tuple[FileSignature | None, ServedModel] | None:
     """(card signature, model) once `models_dir` holds a usable model; None if asked to stop first."""
     last_problem = None
     while not should_stop():
@@ -266,7 +258,7 @@ class CardWatcher:
     """Looks at the card's stat every `poll_seconds` on a thread of its own; a new card is loaded and
     checked there, and handed to `offer` if it may serve. Each new card is refused at most once."""
 
-    def __init__(self, models_dir: Path, serving: ModelCard, settled: CardSignature | None,
+    def __init__(self, models_dir: Path, serving: ModelCard, settled: FileSignature | None,
                  offer: Callable[[ServedModel], None], extra_trusted: tuple[str, ...] = (),
                  poll_seconds: float = 0.5):
         self._models_dir = Path(models_dir)
@@ -275,7 +267,7 @@ class CardWatcher:
         self._offer = offer
         self._extra_trusted = extra_trusted
         self._poll_seconds = poll_seconds
-        self._not_ready_reported: tuple[CardSignature, str] | None = None
+        self._not_ready_reported: tuple[FileSignature, str] | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-card-watcher", daemon=True)
 
@@ -315,13 +307,13 @@ class CardWatcher:
         self._serving = served.card
         self._offer(served)
 
-    def _refuse(self, signature: CardSignature, reason: str) -> None:
+    def _refuse(self, signature: FileSignature, reason: str) -> None:
         self._settled = signature
         VERSIONS_REFUSED.inc()
         log.error("refused the new model version %s in %s: %s; still serving version %s",
                   version_named_in(self._models_dir), self._models_dir / CARD_NAME, reason, self._serving.version)
 
-    def _report_not_ready(self, signature: CardSignature, reason: str) -> None:
+    def _report_not_ready(self, signature: FileSignature, reason: str) -> None:
         if self._not_ready_reported != (signature, reason):
             self._not_ready_reported = (signature, reason)
             log.warning("new model card not loadable yet: %s; still serving version %s", reason,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from brokers import PrivateBroker, rabbitmq_scripts
-from checks import (HEADER, Row, check_alerts, check_dead_letters, check_drift_counts, check_rows, parse_metric_log,
+from checks import (HEADER, check_alerts, check_dead_letters, check_drift_counts, check_rows, parse_metric_log,
                     read_confirmed, read_drift_counts, unexpected_tracebacks)
 from scenarios import pairs_hitting_each
 from tcp_proxy import TcpProxy

@@ -1,4 +1,5 @@
-"""Files replaced whole: the model card and artifact, the drift monitor's state."""
+"""Files replaced whole (the model card and artifact, the drift monitor's state), and how a reader
+tells that one was replaced."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ def write_atomically(path: Path, data: bytes, fsync: bool = True) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+FileSignature = tuple[int, int, int]  # (inode, mtime_ns, size)
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """What tells a replaced or rewritten file from the one read before: None while there is none."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from .files import write_atomically
+from .files import FileSignature, file_signature, write_atomically
 
 ARTIFACT_NAME = "model.skops"  # the artifact of a card written before versioned names
 CARD_NAME = "model_card.json"
@@ -149,6 +149,11 @@ def save_model(models_dir: Path, estimator, card: ModelCard, *, extra_trusted: S
     write_atomically(models_dir / CARD_NAME, json.dumps(asdict(card), indent=2).encode())
     _prune_artifacts(models_dir, keep=name)
     return card
+
+
+def card_signature(models_dir: Path) -> FileSignature | None:
+    """Tells a replaced card from the one read before (a new version): None while there is no card."""
+    return file_signature(Path(models_dir) / CARD_NAME)
 
 
 def read_card(models_dir: Path) -> ModelCard:

@@ -15,7 +15,6 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import pika
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -23,12 +22,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 import browser
-from broker import connect
-from mlmonitor.messages import MetricAdded
 from mlmonitor.metric_log import MetricLogWriter, MetricRow
-from mlmonitor.topology import METRIC_ADDED, METRIC_EVENTS_EXCHANGE
 from run_pipeline import Pipeline
-from test_dashboard import free_port, make_rows
+from test_dashboard import event_body, free_port, make_rows, publish_events
 from waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
@@ -50,21 +46,6 @@ def append_rows(logs_dir: Path, rows: list[MetricRow]) -> None:
         writer.append(rows)
     finally:
         writer.close()
-
-
-def publish_events(amqp_url: str, rows: list[MetricRow]) -> None:
-    """metric's way: to the metric_events exchange, confirmed."""
-    connection = connect(amqp_url)
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for row in rows:
-            body = MetricAdded(id=row.id, y_true=row.y_true, y_pred=row.y_pred, absolute_error=row.absolute_error,
-                               model_version="v1", sent_at=1.0).encode()
-            channel.basic_publish(METRIC_EVENTS_EXCHANGE, METRIC_ADDED, body, pika.BasicProperties(delivery_mode=2),
-                                  mandatory=True)
-    finally:
-        connection.close()
 
 
 def status_and_challenge(url: str, headers: dict[str, str] | None = None) -> tuple[int, str | None]:
@@ -168,7 +149,7 @@ def test_with_a_password_the_page_needs_credentials_and_works_under_its_csp(pipe
 
         live = make_rows(30, start=120, seed=1)
         append_rows(logs_dir, live)
-        publish_events(amqp_url, live)
+        publish_events(amqp_url, [event_body(row) for row in live])
         WebDriverWait(driver, 30).until(lambda d: shown_count(d) == "150" and histogram_total(d) == 150,
                                         message="the event stream to bring the 30 new events")
 

@@ -40,17 +40,33 @@ has no residuals; its performance detector takes the absolute error as before.
 Calibration
 -----------
 The false-alarm budget, `false_alarms_per_100k` for all detectors together, is split evenly over
-the detectors and within each over its charts (Bonferroni: the charts of a detector fire together
-in a real episode, so the union alarms less often than the sum). Each chart's threshold h gives it
-that in-control run length from S = 0, computed exactly (calibration.py: Brook–Evans Markov chain)
-on the score distribution that a stream drawn from the reference produces: its quantile function
-(interpolated through the quantiles and histogram edges) at 4,000 evenly spaced probabilities,
-scored like live values and, for the standardised scale, rescaled to mean 0 and variance 1 as the
-reference sample's scores are, plus a value past each end of the reference's range with
-probability 1/(2(n + 1)) each (the training sample's min and max are not the population's).
-Calibrating the diabetes card's 13 detectors takes under a second; `false_alarms_per_100k` = 0.1,
-1 or 10 moves the delay of a 0.25 σ shift between about 620, 520 and 410 events (zero-state,
-computed, at the default margin; bench/drift.py).
+the detectors: they watch different streams, so their raises nearly never coincide and a union
+bound across them is tight. Within a detector the charts are calibrated together
+(calibration.joint_thresholds), so that the detector, raising when any of its charts does, takes
+its share on a stationary stream:
+- the charts that add the same score (one channel, one direction, three k's) are strongly
+  correlated: a run of high values lifts them all. Their joint rate is the smallest-k chart's exact
+  rate (Brook–Evans Markov chain) times p/p₁, the chance that any of them reaches its threshold
+  during an excursion of that chart above 0 over the chance that it does; p/p₁ comes from a seeded,
+  importance-sampled simulation of those excursions. Its charts are tuned
+  to run lengths in the ratio 2 : 1 : 16 (RUN_LENGTH_SPANS, by the shift 0.25, 0.5 and 1 σ): the
+  0.5 σ chart takes most of the budget, the 1 σ one the least, since a 1 σ shift is caught within
+  tens of events at any threshold;
+- up and down on the same value can't both be at their worst under one live population (below):
+  the detector's rate is the larger of its two corners, one direction at its worst plus the other
+  under that population;
+- channels (the value, the missing rate, each category) add up, a union bound. A two-valued score
+  (an indicator) keeps the union bound within its group too: its run lengths on the chain's
+  lattice are too coarse for p/p₁. A number's missing rate has one chart (k = 0.5): a rare
+  indicator's charts all fire on the same few hits, whatever their k.
+Each chart's run length is computed on the score distribution that a stream drawn from the
+reference produces: its quantile function (interpolated through the quantiles and histogram
+edges) at 4,000 evenly spaced probabilities, scored like live values and, for the standardised
+scale, rescaled to mean 0 and variance 1 as the reference sample's scores are, plus a value past
+each end of the reference's range with probability 1/(2(n + 1)) each (the training sample's min and
+max are not the population's). The same reference gives the same thresholds (seeded; cached within
+a process). Calibrating the diabetes card's 13 detectors costs about 2.7 times the CPU of the union
+bound it replaced (docs/drift.md has the figures).
 
 The reference is a sample of n rows, so a live stream from the same population differs from it by
 about one standard error: the mean by 1/√n σ, the spread by 1/√(2n). A CUSUM tuned to small shifts
@@ -62,16 +78,15 @@ as the population. Measured on the diabetes card (bench/drift.py, all 13 detecto
 
     margin   false alarms per 100k:            bmi shifted by           y_true moved by
              training population / `make run`  0.25 / 0.5 / 1 σ         0.5 / 1 residual σ
-    0        0.40 / 1.15                       401 / 110 / 33           111 / 32
-    0.5      0.15 / 0.15                       543 / 137 / 37           157 / 40
-    1        0.00 / 0.00                       653 / 152 / 40           235 / 46
+    0        0.75 / 1.75                       385 / 101 / 35           105 / 35
+    0.5      0.30 / 0.25                       489 / 114 / 38           145 / 43
+    1        0.00 / 0.00                       576 / 134 / 42           216 / 51
 
 The default, DEFAULT_REFERENCE_MARGIN = 0.5, is the smallest margin whose measured rate on both
-stationary streams stays within half the budget (0.5 per 100k: 2M events give only a handful of
-alarms, so a rate measured at the budget could as well be above it). Margin 0 raised 1.15 per 100k
-on the replay of all 442 rows, above the budget itself: the 89 held-out rows make that population
-differ from the 353-row reference by about half a standard error. Margin 1 bought nothing
-measurable on these streams and cost 20 % more delay at 0.25 σ.
+stationary streams stays within the budget. Margin 0 raised 1.75 per 100k on the replay of all 442
+rows: the 89 held-out rows make that population differ from the 353-row reference by about half a
+standard error. (With the union bound over all 117 charts instead of the joint calibration, margin
+0.5 measured 0.15 / 0.15 and 543 / 137 / 37.)
 
 Alarms
 ------
@@ -113,7 +128,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from calibration import ScoreDistribution, threshold
+from calibration import ChartGroup, ScoreDistribution, joint_thresholds
 from mlmonitor.tasks import label_key
 
 STATE_FORMAT = 1
@@ -124,6 +139,10 @@ RESOLVE_FRACTION = 0.5  # resolved once every chart is below this share of its t
 RECENT_VALUES = 100  # the explanation's recent values: the last 100 the detector took in
 DEFAULT_FALSE_ALARMS_PER_100K = 1.0
 DEFAULT_REFERENCE_MARGIN = 0.5  # standard errors; the module's docstring has the measurements
+# In-control run lengths of a detector's charts relative to each other, by the shift each is tuned
+# to: the 0.5 σ chart takes most of the budget, the 1 σ one the least (a 1 σ shift is caught within
+# tens of events whatever its threshold); bench/drift.py measured the trade-off (docstring).
+RUN_LENGTH_SPANS = {0.25: 2.0, 0.5: 1.0, 1.0: 16.0}
 MAX_CATEGORIES = 20  # categories with an indicator of their own; the rarer ones share "__other__"
 OTHER = "__other__"  # as in mlmonitor.reference
 UNSEEN = "__unseen__"
@@ -614,6 +633,8 @@ class Detector:
             raise ValueError(f"unknown detector state format {state.get('format')!r}")
         types = {cls.__name__: cls for cls in (NumericDetector, CategoricalDetector, PerformanceDetector)}
         detector = types[state["type"]](**state["config"])
+        if len(state["thresholds"]) != len(detector.charts):
+            raise ValueError(f"the state has {len(state['thresholds'])} charts, the detector {len(detector.charts)}")
         detector.set_thresholds(math.inf if h is None else h for h in state["thresholds"])
         detector._raised = bool(state["raised"])
         detector.events = int(state["events"])
@@ -721,8 +742,8 @@ class NumericDetector(Detector):
         charts = [Chart(source.channel, UP if side == "up" else DOWN, shift / 2)
                   for source in self.sources for shift in self.shifts for side in source.sides]
         self.missing_rate = _floor_rate(stats["missing_rate"], stats["count"])
-        if watch_missing:
-            charts += [Chart(MISSING, UP, shift / 2) for shift in self.shifts]
+        if watch_missing:  # one chart: a rare indicator's charts all fire on the same few hits, whatever k
+            charts.append(Chart(MISSING, UP, max(self.shifts) / 2))
         super().__init__(name, kind, feature, charts, streams)
         self._lay_out()
 
@@ -1129,30 +1150,47 @@ class _FusedLayout:
 
 def calibrate(detectors: Sequence[Detector], false_alarms_per_100k: float = DEFAULT_FALSE_ALARMS_PER_100K,
               reference_margin: float = DEFAULT_REFERENCE_MARGIN) -> None:
-    """Sets every chart's threshold: the budget split evenly over the detectors, then over each
-    one's charts, each chart's in-control run length computed against the least favourable
-    population within `reference_margin` standard errors of its reference."""
+    """Sets every chart's threshold: the budget split evenly over the detectors (they watch nearly
+    independent streams: a union bound), each detector's charts calibrated together so that the
+    detector raises its share, against the least favourable population within `reference_margin`
+    standard errors of its reference (calibration.joint_thresholds)."""
     if false_alarms_per_100k <= 0:
         raise ValueError("false_alarms_per_100k must be positive")
     per_detector = false_alarms_per_100k / 100_000 / len(detectors)
     for detector in detectors:
-        calibrated = [(chart, *detector.in_control(chart)) for chart in detector.charts]
-        live = [_can_alarm(chart, scores) for chart, scores, _ in calibrated]
-        per_chart = per_detector / max(1, sum(live))
-        detector.set_thresholds(
-            threshold(least_favourable(scores, chart.sign, count, reference_margin), chart.k, 1 / per_chart)
-            if alive else math.inf
-            for (chart, scores, count), alive in zip(calibrated, live))
+        groups = chart_groups(detector, reference_margin)
+        found = joint_thresholds([group for _, group in groups], per_detector)
+        thresholds = [math.inf] * len(detector.charts)
+        for (charts, _), group_thresholds in zip(groups, found):
+            for chart, h in zip(charts, group_thresholds):
+                thresholds[chart] = h
+        detector.set_thresholds(thresholds)
 
 
-def least_favourable(scores: ScoreDistribution, sign: int, count: int, margin: float) -> ScoreDistribution:
+def chart_groups(detector: Detector, margin: float) -> list[tuple[list[int], ChartGroup]]:
+    """The detector's charts by what they add up (channel and direction), with their in-control
+    signed scores under the least favourable population, and under the one least favourable to
+    the channel's other direction."""
+    members: dict[tuple[str, int], list[int]] = {}
+    for index, chart in enumerate(detector.charts):
+        members.setdefault((chart.channel, chart.sign), []).append(index)
+    groups = []
+    for (channel, sign), charts in members.items():
+        scores, count = detector.in_control(detector.charts[charts[0]])
+        opposed = (channel, -sign) in members
+        ks = tuple(detector.charts[chart].k for chart in charts)
+        groups.append((charts, ChartGroup(channel, ks, least_favourable(scores, sign, count, margin),
+                                          least_favourable(scores, sign, count, margin, towards=-1) if opposed else None,
+                                          tuple(RUN_LENGTH_SPANS.get(round(2 * k, 9), 1.0) for k in ks))))
+    return groups
+
+
+def least_favourable(scores: ScoreDistribution, sign: int, count: int, margin: float,
+                     towards: int = 1) -> ScoreDistribution:
     """The chart's signed scores under a live population `margin` standard errors of the reference
-    away from it, towards an alarm: the mean moved by margin/√n, the spread widened by margin/√(2n)."""
+    away from it, towards an alarm (towards=−1: the mean moved the other way): the mean moved by
+    margin/√n, the spread widened by margin/√(2n)."""
     signed = scores.values * sign
     if margin > 0:
-        signed = signed * (1 + margin / math.sqrt(2 * count)) + margin / math.sqrt(count)
+        signed = signed * (1 + margin / math.sqrt(2 * count)) + towards * margin / math.sqrt(count)
     return ScoreDistribution(signed, scores.weights)
-
-
-def _can_alarm(chart: Chart, scores: ScoreDistribution) -> bool:
-    return float((scores.values * chart.sign).max()) > chart.k

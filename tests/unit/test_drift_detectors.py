@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "drift" / "src"))
 
 import detectors as drift  # noqa: E402
+import calibration  # noqa: E402
 from calibration import ScoreDistribution, run_length, threshold  # noqa: E402
 from mlmonitor.reference import build_reference, categorical_stats, numeric_stats  # noqa: E402
 
@@ -67,8 +68,8 @@ def first_raises(detector: drift.Detector, values: np.ndarray) -> np.ndarray:
 
 
 def test_a_stationary_stream_raises_nothing_in_200k_events(detectors):
-    # The budget is 1 per 100k events for all five detectors together: 2 expected at most, and the
-    # thresholds are conservative (Bonferroni, reference margin), so even 2 would be a bad sign.
+    # The budget is 1 per 100k events for all six detectors together: 2 expected at most, and the
+    # reference margin makes the thresholds conservative for the reference's own population.
     streams, events = 200, 1000
     sample = population(np.random.default_rng(2), streams * events)
     raises = 0
@@ -92,6 +93,76 @@ def test_a_chart_calibrated_to_a_run_length_has_it_in_simulation():
         if not alive.any():
             break
     assert run.mean() == pytest.approx(2000, rel=0.1)  # the mean of 2000 runs: ±2.2 % standard error
+
+
+def first_raise_rate(detector: drift.Detector, rng: np.random.Generator, streams: int, events: int) -> float:
+    """First raises per event at risk on N(0, 1) streams from a fresh start (each stream stops counting
+    at its first raise): the maximum-likelihood rate of an exponential run length, censored at `events`."""
+    running = detector.copy_for(streams)
+    at_risk = np.ones(streams, dtype=bool)
+    exposure = raises = 0
+    for _ in range(events):
+        raised = (running.update_many(rng.standard_normal(streams)) == 1) & at_risk
+        exposure += int(at_risk.sum())
+        raises += int(raised.sum())
+        at_risk &= ~raised
+    return raises / exposure
+
+
+@pytest.fixture(scope="module")
+def normal_stats() -> dict:
+    return numeric_stats(np.random.default_rng(12345).standard_normal(200_000))  # the population itself
+
+
+def test_a_detector_s_charts_calibrated_together_raise_its_share_in_simulation(normal_stats):
+    # 50 per 100k for one detector: a run length of 2,000 events, which a bounded simulation can
+    # measure (about 1,500 raises: ±3 %). Its six charts, correlated, raise less often than six
+    # charts apart would, and the joint calibration sees it: the union bound over them sets higher
+    # thresholds, which raise about 20 % less often than asked.
+    detector = drift.NumericDetector("x", drift.FEATURE_DRIFT, normal_stats, watch_missing=False)
+    drift.calibrate([detector], false_alarms_per_100k=50, reference_margin=0)
+    rate = first_raise_rate(detector, np.random.default_rng(21), streams=400, events=8000)
+    assert rate * 2000 == pytest.approx(1, abs=0.15)
+
+    scores, _ = detector.in_control(detector.charts[0])
+    spans = [drift.RUN_LENGTH_SPANS[2 * chart.k] for chart in detector.charts]
+    union = 2000 * sum(1 / span for span in spans)  # each chart's run length at A = union / span
+    apart = drift.NumericDetector("x", drift.FEATURE_DRIFT, normal_stats, watch_missing=False)
+    apart.set_thresholds(threshold(ScoreDistribution(scores.values * chart.sign, scores.weights), chart.k, union * span)
+                         for chart, span in zip(detector.charts, spans))
+    assert (detector.thresholds < apart.thresholds).all()
+    assert first_raise_rate(apart, np.random.default_rng(22), streams=400, events=8000) * 2000 < 0.9
+
+
+def test_the_excursion_ratio_matches_a_brute_force_simulation():
+    # Three up-charts on N(0, 1), each at a run length of 2,000: together they raise every ~1,110
+    # events (4,000 streams run to their first raise, seeded: ±1.5 %), where the union bound says 667.
+    grid = np.array([NormalDist().inv_cdf((i + 0.5) / 4000) for i in range(4000)])
+    normal = ScoreDistribution(grid)
+    ks = [0.125, 0.25, 0.5]
+    thresholds = [threshold(normal, k, 2000) for k in ks]
+    ratio = calibration.excursion_ratio(normal, ks, thresholds)
+    rng = np.random.default_rng(23)
+    statistic = np.zeros((4000, 3))
+    at_risk = np.ones(4000, dtype=bool)
+    exposure = raises = 0
+    for _ in range(6000):
+        statistic = np.maximum(statistic + rng.choice(grid, 4000)[:, None] - np.array(ks), 0)
+        raised = at_risk & (statistic >= np.array(thresholds)).any(axis=1)
+        exposure += int(at_risk.sum())
+        raises += int(raised.sum())
+        at_risk &= ~raised
+    simulated = raises / exposure * run_length(grid - ks[0], normal.weights, thresholds[0])
+    assert ratio == pytest.approx(simulated, rel=0.1)
+    assert 1.5 < ratio < 2.1
+
+
+def test_the_calibration_is_deterministic(reference):
+    first = drift.detectors_for(reference, false_alarms_per_100k=1.0, residuals=True)
+    calibration._threshold.cache_clear()
+    calibration._excursion_ratio.cache_clear()
+    again = drift.detectors_for(reference, false_alarms_per_100k=1.0, residuals=True)
+    assert all(np.array_equal(a.thresholds, b.thresholds) for a, b in zip(first, again))
 
 
 def test_the_markov_chain_gives_the_textbook_run_lengths():

@@ -36,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pika.exceptions import AMQPError, ChannelClosedByBroker
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field
 
@@ -43,11 +44,12 @@ from detectors import DEFAULT_REFERENCE_MARGIN, Detector
 from follower import ModelFollower
 from mlmonitor.amqp import Delivery, ServiceRunner, Session, decode_or_dead_letter
 from mlmonitor.logs import EventLog
-from mlmonitor.messages import InvalidMessage, MetricAdded, MonitorAlert, PredictionWithInputs
+from mlmonitor.messages import MetricAddedBatch, MonitorAlert, PredictionBatch, PredictionWithInputs
 from mlmonitor.model_store import ModelCard
 from mlmonitor.service import start_service
 from mlmonitor.settings import ConsumerSettings
-from mlmonitor.topology import DRIFT, DRIFT_EVENTS, DRIFT_PREDICTIONS, MONITOR_ALERTS_EXCHANGE
+from mlmonitor.topology import (DRIFT, DRIFT_EVENTS, DRIFT_PREDICTION_BATCHES, DRIFT_PREDICTIONS, DRIFT_QUEUES,
+                                METRIC_EVENTS_EXCHANGE, MONITOR_ALERTS_EXCHANGE, RETIRED_DRIFT_QUEUES)
 from monitor import OUTCOMES, PREDICTIONS, AlertKey, DriftMonitor, calibration_of
 from state_store import StateStore
 from summary import ScoreHistory, build_summary, score_of
@@ -66,7 +68,8 @@ ALERTS = Counter("mlmonitor_drift_alerts_total", "Alerts decided.", ["kind", "st
 SNAPSHOT_SECONDS = Histogram("mlmonitor_drift_snapshot_seconds", "Time to make one snapshot durable.",
                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 RECENT_ALERTS = 50
-MESSAGE_TYPES = {DRIFT_PREDICTIONS: PredictionWithInputs, DRIFT_EVENTS: MetricAdded}
+MESSAGE_TYPES = {DRIFT_PREDICTIONS: PredictionWithInputs, DRIFT_PREDICTION_BATCHES: PredictionBatch,
+                 DRIFT_EVENTS: MetricAddedBatch}
 
 
 class Settings(ConsumerSettings):
@@ -83,6 +86,8 @@ class Settings(ConsumerSettings):
                                                            "are acked once a snapshot covers them.")
     prefetch: int = Field(20000, ge=1, le=65535, description="Unacked messages per queue; must cover what "
                                                              "arrives in about two snapshot intervals.")
+    batch_prefetch: int = Field(500, ge=1, le=65535, description="Unacked batch messages (our model's and metric's, "
+                                                                 "up to a few hundred events each) per batch queue.")
     model_poll_seconds: float = Field(2.0, gt=0, description="How often to look at the model card: for the "
                                                              "card while it is missing, then for a new version.")
     history_points: int = Field(300, ge=1, description="Score history kept per detector, one point a second.")
@@ -97,6 +102,7 @@ class Snapshot:
     decided is announced."""
 
     deliveries: list[Delivery]
+    rejected: list[tuple[Delivery, str]]  # batches with events that don't fit, and why: dead-lettered, not acked
     unannounced: dict[AlertKey, None] = field(default_factory=dict)  # in decision order: a raise before its resolve
     durable: bool = False
 
@@ -112,6 +118,7 @@ class DriftWorker:
         self._session: Session | None = None
         self._consuming = False
         self._taken: list[Delivery] = []  # since the last snapshot began
+        self._rejected: list[tuple[Delivery, str]] = []  # likewise
         self._changed = False  # the monitor changed since the last snapshot began
         self._snapshots: deque[Snapshot] = deque()  # durable or being saved, not yet acked
         self._saving = False
@@ -176,6 +183,7 @@ class DriftWorker:
         self._session = None
         self._consuming = False
         self._taken.clear()  # void: the broker redelivers them, and their ids are counted already
+        self._rejected.clear()
         self._snapshots.clear()
         self._saving = False  # a save in flight still finishes on the thread; its result is void
         self._publishing.clear()  # alerts not confirmed stay in the outbox and go out again
@@ -184,30 +192,35 @@ class DriftWorker:
         if self._consuming or self._session is None:
             return
         self._consuming = True
-        for queue in (DRIFT_PREDICTIONS, DRIFT_EVENTS):
-            self._session.consume(queue, self.on_batch, self._settings.prefetch)
+        for queue in DRIFT_QUEUES:
+            batches = queue != DRIFT_PREDICTIONS
+            self._session.consume(queue, self.on_batch,
+                                  self._settings.batch_prefetch if batches else self._settings.prefetch)
 
     def on_batch(self, deliveries: list[Delivery]) -> None:
         monitor, session = self._monitor, self._session
-        observations, taken = [], []
+        observations, taken, rejected = [], [], []
         for delivery in deliveries:
             message = decode_or_dead_letter(session, MESSAGE_TYPES[delivery.queue], delivery)
             if message is None:
                 continue
-            try:
-                if delivery.queue == DRIFT_PREDICTIONS:
-                    observations.append(monitor.observe_prediction(message))
-                else:
-                    observations.append(monitor.observe_outcome(message))
-            except InvalidMessage as invalid:
-                session.dead_letter(delivery, invalid.reason)
+            observed, problems = monitor.observe(message)
+            if not observed:
+                session.dead_letter(delivery, "; ".join(problems))
                 continue
-            taken.append(delivery)
+            if problems:  # its good events count: dead-lettered, not acked, once a snapshot covers them
+                rejected.append((delivery, "; ".join(problems)))
+            else:
+                taken.append(delivery)
+            observations += observed
         if not observations:
             return
         counted_before = {stream: monitor.events(stream) for stream in (PREDICTIONS, OUTCOMES)}
         alerts = monitor.take(observations)
+        for delivery in taken:
+            delivery.body = b""  # held until a snapshot covers it, and only a dead letter needs its body
         self._taken += taken
+        self._rejected += rejected
         self._changed = True
         self._count(observations, counted_before)
         for alert in alerts:
@@ -239,10 +252,10 @@ class DriftWorker:
         monitor, session = self._monitor, self._session
         if self._saving or monitor is None or session is None:
             return
-        if not (self._taken or self._changed or set(monitor.outbox) - self._publishing):
+        if not (self._taken or self._rejected or self._changed or set(monitor.outbox) - self._publishing):
             return
-        snapshot = Snapshot(self._taken, dict.fromkeys(monitor.outbox))
-        self._taken, self._changed, self._saving = [], False, True
+        snapshot = Snapshot(self._taken, self._rejected, dict.fromkeys(monitor.outbox))
+        self._taken, self._rejected, self._changed, self._saving = [], [], False, True
         state, ids, alerts = monitor.to_state(), monitor.take_unsaved_ids(), list(monitor.outbox.values())
         started = time.perf_counter()
         self._saver.submit(self._store.save, state, ids, alerts).add_done_callback(
@@ -256,6 +269,7 @@ class DriftWorker:
             log.error("can't save the drift state in %s: %s; holding %d deliveries unacked and retrying every "
                       "%gs", self._store.logs_dir, error, len(snapshot.deliveries), self._settings.snapshot_seconds)
             self._taken = snapshot.deliveries + self._taken
+            self._rejected = snapshot.rejected + self._rejected
             self._changed = True
             return
         SNAPSHOT_SECONDS.observe(time.perf_counter() - started)
@@ -288,8 +302,11 @@ class DriftWorker:
 
     def _ack_covered(self) -> None:
         while self._snapshots and self._snapshots[0].durable and not self._snapshots[0].unannounced:
-            for delivery in self._snapshots.popleft().deliveries:
+            snapshot = self._snapshots.popleft()
+            for delivery in snapshot.deliveries:
                 delivery.ack()
+            for delivery, reason in snapshot.rejected:
+                self._session.dead_letter(delivery, reason)
 
     # --- every second: the chart, the gauges, the dashboard's file ---------------------------------------
 
@@ -354,6 +371,36 @@ def describe_alert(alert: MonitorAlert) -> str:
     return line
 
 
+def retire_old_queues(parameters) -> None:
+    """An older drift's queue on metric_events would keep filling with nobody reading it: unbound, and
+    deleted once empty. Best effort, at start: a user that may not do it (least privilege) is told how."""
+    import pika
+
+    for queue in RETIRED_DRIFT_QUEUES:
+        try:
+            connection = pika.BlockingConnection(parameters)
+        except (AMQPError, OSError):
+            return  # the broker is not up yet: nothing to do now
+        try:
+            channel = connection.channel()
+            left = channel.queue_declare(queue, passive=True).method.message_count
+            channel.queue_unbind(queue, METRIC_EVENTS_EXCHANGE)
+            channel.queue_delete(queue, if_empty=True)
+            log.info("deleted %s, an older drift's queue, which held %d events", queue, left)
+        except ChannelClosedByBroker as closed:
+            if closed.reply_code == 406:  # not empty: unbound, it holds what it had
+                log.warning("%s, an older drift's queue, is no longer fed and holds messages drift no longer "
+                            "reads; delete it: rabbitmqctl delete_queue %s", queue, queue)
+            elif closed.reply_code != 404:
+                log.warning("can't retire %s, an older drift's queue (%s); delete it: rabbitmqctl delete_queue %s",
+                            queue, closed.reply_text, queue)
+        except AMQPError as error:
+            log.warning("can't retire %s, an older drift's queue (%s)", queue, error)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = start_service("drift", Settings, argv)
     if settings.nice:
@@ -361,8 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     store = StateStore(settings.logs_dir, fsync=settings.fsync)
     worker = DriftWorker(settings, store)
     runner = ServiceRunner(worker, settings.amqp_url, DRIFT, max_message_bytes=settings.max_message_bytes,
-                           tls=settings.amqp_tls)  # declares drift's queues at once: nothing is missed
+                           tls=settings.amqp_tls,
+                           queue_type=settings.queue_type)  # declares drift's queues at once: nothing is missed
     runner.install_signal_handlers()
+    retire_old_queues(runner.parameters)
     follower = ModelFollower(settings.models_dir, settings.model_poll_seconds,
                              calibration_of(settings.false_alarms_per_100k, settings.reference_margin), store,
                              worker, lambda: runner.stop_requested)

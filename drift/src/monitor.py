@@ -26,7 +26,8 @@ from typing import Any, Iterable, Mapping
 from detectors import (FEATURE_DRIFT, PERFORMANCE, PREDICTION_DRIFT, RAISED, RESOLVED, TARGET_DRIFT,
                        CategoricalDetector, Decision, Detector, DetectorSet, detectors_for)
 from mlmonitor.ids import IdSet
-from mlmonitor.messages import InvalidMessage, MetricAdded, MonitorAlert, PredictionWithInputs
+from mlmonitor.messages import (InvalidMessage, MetricAdded, MetricAddedBatch, Message, MonitorAlert, PredictionBatch,
+                                PredictionWithInputs)
 from mlmonitor.model_store import ModelCard
 from mlmonitor.schema import FeatureSchema
 from mlmonitor.tasks import label_key
@@ -38,6 +39,7 @@ STREAMS = (PREDICTIONS, OUTCOMES)
 KINDS = (FEATURE_DRIFT, PREDICTION_DRIFT, TARGET_DRIFT, PERFORMANCE)
 
 AlertKey = tuple[str, str]  # (episode, state): an alert line is written once per key
+ONLY_FLOATS = {float}
 SKIP = object()  # a value a detector does not take: the inputs of a prediction that came without them
 
 
@@ -107,6 +109,7 @@ class DriftMonitor:
         self.detectors = detectors
         by_feature = {detector.feature: detector for detector in detectors if detector.kind == FEATURE_DRIFT}
         self._feature_detectors = [by_feature.get(spec.name) for spec in self.schema.features]
+        self._floats_as_they_are = self.schema.all_numeric  # a list of as many floats is observed as it is
         self._by_kind = {detector.kind: detector for detector in detectors if detector.kind != FEATURE_DRIFT}
         # aligned with an Observation's values: None where the card has no such detector
         self._detectors_of = {PREDICTIONS: [*self._feature_detectors, self._by_kind.get(PREDICTION_DRIFT)],
@@ -145,6 +148,23 @@ class DriftMonitor:
 
     # --- the streams ---------------------------------------------------------------------------------
 
+    def observe(self, message: Message) -> tuple[list[Observation], list[str]]:
+        """(the observations of a message's events, why each event that doesn't fit doesn't): a batch
+        holds many, a PredictionWithInputs one; a batch's problems name the event by place and id."""
+        if isinstance(message, PredictionBatch):
+            events, observe, where = message.predictions, self.observe_prediction, "predictions"
+        elif isinstance(message, MetricAddedBatch):
+            events, observe, where = message.events, self.observe_outcome, "events"
+        else:
+            events, observe, where = [message], self.observe_prediction, None
+        observations, problems = [], []
+        for index, event in enumerate(events):
+            try:
+                observations.append(observe(event))
+            except InvalidMessage as invalid:
+                problems.append(invalid.reason if where is None else f"{where}.{index} (id {event.id}): {invalid.reason}")
+        return observations, problems
+
     def observe_prediction(self, message: PredictionWithInputs) -> Observation:
         """What a prediction gives each detector of its stream: its inputs (SKIP for all of them when
         it came without) and its body. Raises InvalidMessage when they don't fit the model's card."""
@@ -180,6 +200,9 @@ class DriftMonitor:
     def feature_values(self, body: list | dict) -> list[Any]:
         """The inputs in the card's order: floats for numeric features, category names (label_key)
         for categorical ones, None where missing. Raises InvalidMessage naming what doesn't fit."""
+        if (self._floats_as_they_are and type(body) is list and len(body) == len(self._feature_detectors)
+                and set(map(type, body)) == ONLY_FLOATS):
+            return body  # the course format, without naming each place it could go wrong
         return self.schema.observed(body, where="features")
 
     def _value_for(self, detector: Detector | None, label: float | str, where: str) -> Any:

@@ -2,17 +2,24 @@
 
 Each features body (a list in the card's order, or an object {name: value}) is checked against the
 model card's feature schema; one that doesn't fit goes to `features.dlq` with a reason naming the
-field. Each batch is predicted in one call. A prediction goes to the `predictions` exchange (bound to
-the `y_pred` queue) with the model version and, as `features`, the inputs it was made from (the body
-as received), so the drift monitor's queue on that exchange sees them; a classifier's is its label,
-plus the probability of each class when the model has them. A delivery is acked once its
-prediction is confirmed.
+field. Each batch is predicted in one call. A prediction goes to the `model_predictions` exchange
+(bound to the `y_pred` queue) with the model version; a classifier's is its label, plus the
+probability of each class when the model has them. The drift monitor's copy goes to the
+`prediction_batches` exchange, the whole batch in one message (split at MAX_BATCH_BYTES), each
+prediction with `features`, the inputs it was made from (the body as received). A delivery is acked
+once both its prediction and its batch are confirmed.
 
 New versions without a restart: a thread watches the card (the pointer to the artifact) and, when
 it changes, loads the new version, checks it and makes one prediction with it, all off the IO
 thread; the IO loop then swaps it in between two batches, so every message is predicted by exactly
 one version. A version that is broken, or that takes other features or another task than the one
 serving (that needs a restart), is refused with one error line, and the old version keeps serving.
+
+Any number of model processes may share `features` (competing consumers; `run_pipeline.py
+--model-replicas N`, compose's `deploy.replicas`): they hold no state but the version they serve, and
+each watches the card and swaps on its own, so for a moment two replicas may serve different versions
+(each prediction names its own). A replica that dies leaves its unacked features to the others, which
+predict them again: a prediction published twice is a duplicate half that metric drops (metric.py).
 """
 
 from __future__ import annotations
@@ -29,17 +36,17 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 from pydantic import Field, ValidationError
 
-from mlmonitor.amqp import Delivery, ServiceRunner, Session
+from mlmonitor.amqp import Delivery, ServiceRunner, Session, after_all, publish_batches
 from mlmonitor.logs import EventLog
-from mlmonitor.messages import (FeaturesMessage, InvalidMessage, PredictionMessage, PredictionWithInputs, decode,
-                                describe_validation_error)
+from mlmonitor.messages import (FeaturesMessage, InvalidMessage, PredictionBatch, PredictionMessage,
+                                PredictionWithInputs, decode, describe_validation_error)
 from mlmonitor.files import FileSignature
 from mlmonitor.model_store import CARD_NAME, ModelCard, ModelCorrupt, ModelNotReady, card_signature, load_model, read_card
 from mlmonitor.schema import NUMERIC, FeatureSchema
 from mlmonitor.service import start_service
 from mlmonitor.settings import ConsumerSettings
 from mlmonitor.tasks import CLASSIFICATION, label_key
-from mlmonitor.topology import FEATURES, PREDICTIONS_EXCHANGE, Y_PRED
+from mlmonitor.topology import FEATURES, MODEL_PREDICTIONS_EXCHANGE, PREDICTION_BATCHES_EXCHANGE, Y_PRED
 
 log = logging.getLogger("model")
 
@@ -58,6 +65,8 @@ class Settings(ConsumerSettings):
     models_dir: Path = Field(Path("models"), description="Where learn_model writes the model.")
     model_poll_seconds: float = Field(0.5, gt=0, description="How often to look at the model card: for the model "
                                                              "while it is missing, then for a new version.")
+    log_name: str = Field("", description="The name in this process's log lines (default: model), to tell "
+                                            "replicas sharing `features` apart, e.g. model-2.")
     trusted_types: str = Field("", description="Comma-separated type names that loading an artifact may trust "
                                                "beyond skops' defaults and mlmonitor's allowlist "
                                                "(e.g. my_package.MyTransformer); only for code you trust.")
@@ -415,24 +424,31 @@ class Predictor:
         outgoing = []  # every message built before the first is published, so a failure publishes none twice
         for index, ((delivery, message), body) in enumerate(zip(accepted, bodies)):
             try:
-                encoded = PredictionWithInputs(id=message.id, body=body, model_version=model.version,
-                                               probabilities=probabilities[index] if probabilities else None,
-                                               sent_at=message.sent_at, features=message.body).encode()
+                prediction = PredictionWithInputs(id=message.id, body=body, model_version=model.version,
+                                                  probabilities=probabilities[index] if probabilities else None,
+                                                  sent_at=message.sent_at, features=message.body)
             except ValidationError as error:
                 session.dead_letter(delivery, f"body: the model's prediction {body!r} can't be published: "
                                               f"{describe_validation_error(error)}")
                 continue
-            outgoing.append((delivery, message.id, body, encoded))
-        for delivery, event_id, body, encoded in outgoing:
-            session.publish(PREDICTIONS_EXCHANGE, Y_PRED, encoded, on_confirmed=delivery.ack)
-            self._predictions.event("predicted %s for %s", body, event_id)
+            outgoing.append((delivery, prediction))
+        if not outgoing:
+            return
+        # a delivery is acked once both copies are confirmed: its prediction on y_pred, and drift's batch
+        acks = [after_all(2, delivery.ack) for delivery, _ in outgoing]
+        for (delivery, prediction), confirmed in zip(outgoing, acks):
+            session.publish(MODEL_PREDICTIONS_EXCHANGE, Y_PRED, prediction.encode_without_inputs(),
+                            on_confirmed=confirmed)
+            self._predictions.event("predicted %s for %s", prediction.body, prediction.id)
+        publish_batches(session, PREDICTION_BATCHES_EXCHANGE, PredictionBatch,
+                        [prediction.encode() for _, prediction in outgoing], acks)
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = start_service("model", Settings, argv)
     extra_trusted = parse_trusted_types(settings.trusted_types)
     runner = ServiceRunner(None, settings.amqp_url, max_message_bytes=settings.max_message_bytes,
-                           tls=settings.amqp_tls)
+                           tls=settings.amqp_tls, queue_type=settings.queue_type)
     runner.install_signal_handlers()
     loaded = wait_for_model(settings.models_dir, settings.model_poll_seconds, extra_trusted,
                             lambda: runner.stop_requested)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker import connect, drain
+from mlmonitor.topology import DRIFT_QUEUES
 from run_pipeline import Pipeline
 from waiting import wait_until
 
@@ -37,7 +38,7 @@ def run(pipeline: Pipeline, amqp_url: str, logs_dir: Path, features_args: list[s
     bind_notifier(amqp_url)
     for service in ("model", "metric", "plot", "drift"):
         pipeline.start(service)
-    wait_until(lambda: consuming(amqp_url, "predictions.drift", "metric_added.drift", "features", "y_true"), 60,
+    wait_until(lambda: consuming(amqp_url, *DRIFT_QUEUES, "features", "y_true"), 60,
                interval=0.2, message="the services to consume")
     features = pipeline.start("features", ["--count", str(EVENTS), "--rate", "0", "--seed", "11", *features_args])
     assert features.wait(120) == 0

@@ -1,5 +1,6 @@
 """The drift service alone against the real broker, with a trained model's card: predictions with their
-inputs on the `predictions` exchange, joined pairs on `metric_events`. A stationary stream raises
+inputs one a message on the `predictions` exchange (a model served elsewhere) or in batches on
+`prediction_batches` (our model), joined pairs in batches on `metric_batches`. A stationary stream raises
 nothing; a shifted feature raises one feature_drift alert, in alerts.jsonl and on monitor_alerts; a
 SIGKILL mid-stream neither raises the open alert again nor loses or double-counts an event."""
 
@@ -18,8 +19,9 @@ from sklearn.datasets import load_diabetes
 
 from broker import connect, drain
 from mlmonitor.model_store import load_model
-from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTIONS, METRIC_EVENTS_EXCHANGE, MONITOR_ALERTS_EXCHANGE, \
-    PREDICTIONS_EXCHANGE
+from mlmonitor.topology import (DRIFT_PREDICTIONS, DRIFT_QUEUES, METRIC_BATCHES_EXCHANGE, METRIC_EVENTS_EXCHANGE,
+                                MONITOR_ALERTS_EXCHANGE, PREDICTION_BATCHES_EXCHANGE, PREDICTIONS_EXCHANGE,
+                                RETIRED_DRIFT_QUEUES)
 from service_harness import assert_alive, output_of, wait_for_consumers, wait_for_dead_letters, wait_for_output
 from waiting import wait_until
 
@@ -45,18 +47,28 @@ class Stream:
         self.targets = DIABETES.target[rows]
         self.ids = [str(uuid.uuid4()) for _ in range(count)]
 
-    def publish(self, amqp_url: str, events: range) -> None:
+    def publish(self, amqp_url: str, events: range, batched: bool = False, batch_size: int = 37) -> None:
+        """The predictions one a message as a model served elsewhere sends them, or `batched` as our
+        model does; the joined pairs in batches, as metric does."""
         connection = connect(amqp_url)
         try:
             channel = connection.channel()
             channel.confirm_delivery()
             persistent = pika.BasicProperties(delivery_mode=2)
-            for event in events:
-                id, y_pred, y_true = self.ids[event], float(self.predictions[event]), float(self.targets[event])
-                prediction = {"id": id, "body": y_pred, "model_version": "m", "features": self.features[event].tolist()}
-                joined = {"id": id, "y_true": y_true, "y_pred": y_pred, "absolute_error": abs(y_true - y_pred)}
-                channel.basic_publish(PREDICTIONS_EXCHANGE, "y_pred", json.dumps(prediction).encode(), persistent)
-                channel.basic_publish(METRIC_EVENTS_EXCHANGE, "", json.dumps(joined).encode(), persistent)
+            for start in range(events.start, events.stop, batch_size):
+                predictions, joined = [], []
+                for event in range(start, min(start + batch_size, events.stop)):
+                    id, y_pred, y_true = self.ids[event], float(self.predictions[event]), float(self.targets[event])
+                    predictions.append({"id": id, "body": y_pred, "model_version": "m",
+                                        "features": self.features[event].tolist()})
+                    joined.append({"id": id, "y_true": y_true, "y_pred": y_pred, "absolute_error": abs(y_true - y_pred)})
+                if batched:
+                    channel.basic_publish(PREDICTION_BATCHES_EXCHANGE, "", json.dumps({"predictions": predictions}).encode(),
+                                          persistent)
+                else:
+                    for prediction in predictions:
+                        channel.basic_publish(PREDICTIONS_EXCHANGE, "y_pred", json.dumps(prediction).encode(), persistent)
+                channel.basic_publish(METRIC_BATCHES_EXCHANGE, "", json.dumps({"events": joined}).encode(), persistent)
         finally:
             connection.close()
 
@@ -98,7 +110,7 @@ def wait_for_events(logs_dir: Path, count: int, timeout: float = 60) -> dict:
 
 def start_drift(pipeline, amqp_url: str):
     process = pipeline.start("drift", env={"NICE": "0"})
-    wait_for_consumers(amqp_url, DRIFT_PREDICTIONS, DRIFT_EVENTS)  # it consumes once the detectors are calibrated
+    wait_for_consumers(amqp_url, *DRIFT_QUEUES)  # it consumes once the detectors are calibrated
     return process
 
 
@@ -144,9 +156,9 @@ def test_a_kill_mid_stream_neither_raises_the_open_alert_again_nor_loses_an_even
     bind_notifier(amqp_url)
     start_drift(pipeline, amqp_url)
     stream = Stream(trained_model, 4000, shift_from=300)
-    stream.publish(amqp_url, range(1500))
+    stream.publish(amqp_url, range(1500), batched=True)
     wait_until(lambda: alert_lines(logs_dir), 60, message="the bmi alert")
-    publisher = threading.Thread(target=stream.publish, args=(amqp_url, range(1500, 4000)))
+    publisher = threading.Thread(target=stream.publish, args=(amqp_url, range(1500, 4000)), kwargs={"batched": True})
     publisher.start()
     try:
         wait_until(lambda: summary(logs_dir).get("events", {}).get("predictions", 0) > 1700, 60,
@@ -155,7 +167,7 @@ def test_a_kill_mid_stream_neither_raises_the_open_alert_again_nor_loses_an_even
         start_drift(pipeline, amqp_url)
     finally:
         publisher.join(120)
-    stream.publish(amqp_url, range(1000, 1100))  # published again by an upstream that restarted
+    stream.publish(amqp_url, range(1000, 1100), batch_size=13)  # again by an upstream that restarted, cut otherwise
 
     state = wait_for_events(logs_dir, 4000)
     assert "carrying on from" in output_of(pipeline, "drift")
@@ -182,3 +194,23 @@ def test_a_prediction_whose_inputs_do_not_fit_the_card_is_dead_lettered_with_the
     [(_, reason)] = wait_for_dead_letters(amqp_url, DRIFT_PREDICTIONS, 1)
     assert reason.startswith("features: expected 10 features ('age', 'sex', 'bmi'")
     assert_alive(pipeline, "drift")
+
+
+def test_an_older_drift_s_queue_on_metric_events_is_retired_at_start(pipeline, amqp_url, trained_model):
+    [old] = RETIRED_DRIFT_QUEUES
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        channel.exchange_declare(METRIC_EVENTS_EXCHANGE, "fanout", durable=True)
+        channel.queue_declare(old, durable=True)
+        channel.queue_bind(old, METRIC_EVENTS_EXCHANGE)
+    finally:
+        connection.close()
+    start_drift(pipeline, amqp_url)
+    wait_for_output(pipeline, "drift", f"deleted {old}, an older drift's queue, which held 0 events")
+    connection = connect(amqp_url)
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+            connection.channel().queue_declare(old, passive=True)
+    finally:
+        connection.close()

@@ -17,7 +17,7 @@ from sklearn.datasets import load_diabetes
 
 from broker import connect, drain, publish_raw, queue_depth
 from mlmonitor.amqp import ORIGINAL_SIZE_HEADER, TRUNCATED_KEEP_BYTES, Delivery, ServiceRunner, Session
-from mlmonitor.topology import (DASHBOARD_EVENTS, DRIFT_EVENTS, DRIFT_PREDICTIONS, FEATURES, METRIC_ADDED, Y_PRED,
+from mlmonitor.topology import (DASHBOARD_EVENTS, DRIFT_QUEUES, FEATURES, METRIC_ADDED, Y_PRED,
                                 Y_TRUE, QueueSpec, Topology)
 from service_harness import (REASON_HEADER, assert_alive, declare_topology, output_of, wait_for_consumers,
                              wait_for_rows, wait_until_drained)
@@ -30,7 +30,7 @@ HUGE = 100 * 1000 * 1000
 MAX_RSS_KB = 200 * 1024  # the bound, on the whole process
 MAX_GROWTH_KB = 20 * 1024  # what the flood may add: a 100 MB body held whole would add 100 MB or more
 VECTOR = load_diabetes().data[0].tolist()
-INPUT_QUEUES = (FEATURES, Y_TRUE, Y_PRED, METRIC_ADDED, DASHBOARD_EVENTS, DRIFT_PREDICTIONS, DRIFT_EVENTS)
+INPUT_QUEUES = (FEATURES, Y_TRUE, Y_PRED, METRIC_ADDED, DASHBOARD_EVENTS, *DRIFT_QUEUES)
 CONSUMERS = ("model", "metric", "plot", "dashboard", "drift")
 
 

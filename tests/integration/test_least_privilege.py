@@ -19,9 +19,11 @@ from pika.exceptions import ChannelClosedByBroker, ProbableAuthenticationError
 from sklearn.datasets import load_diabetes
 
 from broker import BROKER_HOST, BROKER_PORT, connect, create_vhost, drain, queue_depth
-from mlmonitor.topology import (DASHBOARD_EVENTS, DEAD_LETTERS_EXCHANGE, DRIFT_EVENTS, DRIFT_PREDICTIONS, FEATURES,
-                                INPUTS_EXCHANGE, METRIC_ADDED, METRIC_EVENTS_EXCHANGE, MONITOR_ALERTS_EXCHANGE,
-                                PREDICTIONS_EXCHANGE, SERVICE_ACCESS, Y_PRED, Y_TRUE, dead_letter_queue)
+from mlmonitor.topology import (DASHBOARD_EVENTS, DEAD_LETTERS_EXCHANGE, DRIFT_EVENTS, DRIFT_PREDICTION_BATCHES,
+                                DRIFT_PREDICTIONS, DRIFT_QUEUES, FEATURES, INPUTS_EXCHANGE, METRIC_ADDED,
+                                METRIC_BATCHES_EXCHANGE, METRIC_EVENTS_EXCHANGE, MODEL_PREDICTIONS_EXCHANGE,
+                                MONITOR_ALERTS_EXCHANGE, PREDICTION_BATCHES_EXCHANGE, PREDICTIONS_EXCHANGE,
+                                SERVICE_ACCESS, Y_PRED, Y_TRUE, dead_letter_queue)
 from run_pipeline import Pipeline
 from service_harness import (assert_alive, assert_no_dead_letters, output_of, wait_for_consumers, wait_for_output,
                              wait_for_rows, wait_until_drained)
@@ -146,7 +148,8 @@ BEYOND = {  # what each user must be refused: reading others' queues, writing wh
     "model": [consume(Y_TRUE), consume(Y_PRED), publish(INPUTS_EXCHANGE, FEATURES), publish(INPUTS_EXCHANGE, Y_TRUE),
               publish(DEFAULT, Y_TRUE), publish(DEFAULT, FEATURES), publish(METRIC_EVENTS_EXCHANGE, ""),
               publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(Y_TRUE)), declare(FEATURES), delete(FEATURES),
-              declare("model.own"), bind(Y_TRUE, PREDICTIONS_EXCHANGE)],
+              declare("model.own"), bind(Y_TRUE, PREDICTIONS_EXCHANGE), publish(PREDICTIONS_EXCHANGE, Y_PRED),
+              publish(METRIC_BATCHES_EXCHANGE, "")],
     "plot": [consume(Y_PRED), consume(FEATURES), consume(DASHBOARD_EVENTS), consume(dead_letter_queue(METRIC_ADDED)),
              publish(METRIC_EVENTS_EXCHANGE, ""), publish(PREDICTIONS_EXCHANGE, Y_PRED), publish(DEFAULT, METRIC_ADDED),
              publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(FEATURES))],
@@ -154,27 +157,29 @@ BEYOND = {  # what each user must be refused: reading others' queues, writing wh
                  publish(PREDICTIONS_EXCHANGE, Y_PRED), publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(FEATURES)),
                  delete(FEATURES)],
     "metric": [consume(FEATURES), consume(METRIC_ADDED), publish(PREDICTIONS_EXCHANGE, Y_PRED),
+               publish(PREDICTION_BATCHES_EXCHANGE, ""),
                publish(INPUTS_EXCHANGE, Y_TRUE), publish(DEFAULT, METRIC_ADDED),
                publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(FEATURES)), delete(Y_TRUE)],
     "dashboard": [consume(METRIC_ADDED), consume(Y_TRUE), publish(METRIC_EVENTS_EXCHANGE, ""),
                   publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(METRIC_ADDED))],
     "drift": [consume(Y_TRUE), consume(FEATURES), consume(Y_PRED), publish(METRIC_EVENTS_EXCHANGE, ""),
-              publish(PREDICTIONS_EXCHANGE, Y_PRED), publish(DEFAULT, Y_TRUE)],
+              publish(PREDICTIONS_EXCHANGE, Y_PRED), publish(DEFAULT, Y_TRUE), publish(METRIC_BATCHES_EXCHANGE, "")],
     "producer": [consume(FEATURES), consume(Y_PRED), publish(INPUTS_EXCHANGE, FEATURES),
                  publish(PREDICTIONS_EXCHANGE, Y_PRED), declare("producer.own"), delete(FEATURES)],
     "operator": [consume(FEATURES), consume(METRIC_ADDED), publish(INPUTS_EXCHANGE, FEATURES),
                  delete(dead_letter_queue(FEATURES)), declare("operator.own")],
 }
 WITHIN = {  # what each user's service does: allowed, so that a refusal above is about permissions
-    "model": [consume(FEATURES), publish(PREDICTIONS_EXCHANGE, Y_PRED),
+    "model": [consume(FEATURES), publish(MODEL_PREDICTIONS_EXCHANGE, Y_PRED), publish(PREDICTION_BATCHES_EXCHANGE, ""),
               publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(FEATURES)), exists(Y_PRED)],
     "plot": [consume(METRIC_ADDED), publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(METRIC_ADDED))],
     "features": [publish(INPUTS_EXCHANGE, FEATURES), publish(INPUTS_EXCHANGE, Y_TRUE), exists(FEATURES),
                  exists(Y_PRED)],
-    "metric": [consume(Y_TRUE), consume(Y_PRED), publish(METRIC_EVENTS_EXCHANGE, ""),
+    "metric": [consume(Y_TRUE), consume(Y_PRED), publish(METRIC_EVENTS_EXCHANGE, ""), publish(METRIC_BATCHES_EXCHANGE, ""),
                publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(Y_PRED))],
     "dashboard": [consume(DASHBOARD_EVENTS), publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(DASHBOARD_EVENTS))],
-    "drift": [consume(DRIFT_PREDICTIONS), consume(DRIFT_EVENTS), publish(MONITOR_ALERTS_EXCHANGE, "test.raised"),
+    "drift": [consume(DRIFT_PREDICTIONS), consume(DRIFT_PREDICTION_BATCHES), consume(DRIFT_EVENTS),
+              publish(MONITOR_ALERTS_EXCHANGE, "test.raised"),
               publish(DEAD_LETTERS_EXCHANGE, dead_letter_queue(DRIFT_EVENTS))],
     "producer": [publish(DEFAULT, FEATURES), publish(DEFAULT, Y_TRUE), publish(DEFAULT, Y_PRED)],
     "operator": [consume(dead_letter_queue(FEATURES)), consume(dead_letter_queue(DRIFT_PREDICTIONS)),
@@ -224,8 +229,7 @@ def test_the_pipeline_runs_end_to_end_with_a_user_per_service(vhost, amqp_url, s
         for service in ("model", "metric", "plot"):
             start_as(pipeline, service, secrets_dir)
         start_as(pipeline, "drift", secrets_dir, NICE="0")
-        wait_for_consumers(amqp_url, FEATURES, Y_TRUE, Y_PRED, METRIC_ADDED, DRIFT_PREDICTIONS, DRIFT_EVENTS,
-                           timeout=120)
+        wait_for_consumers(amqp_url, FEATURES, Y_TRUE, Y_PRED, METRIC_ADDED, *DRIFT_QUEUES, timeout=120)
         features = start_as(pipeline, "features", secrets_dir, ["--count", "20", "--rate", "0"])
         assert features.wait(60) == 0, output_of(pipeline, "features")
         wait_for_rows(logs_dir, 20)
@@ -253,8 +257,8 @@ def test_the_pipeline_runs_end_to_end_with_a_user_per_service(vhost, amqp_url, s
         assert "from: features" in listing.stdout and "short" in listing.stdout, "the operator's user reads DLQs"
         [(body, headers)] = drain(amqp_url, dead_letter_queue(FEATURES))
         assert json.loads(body)["id"] == "short" and "features" in headers["x-rejection-reason"]
-        wait_until_drained(vhost, FEATURES, Y_TRUE, Y_PRED, METRIC_ADDED, DRIFT_PREDICTIONS, DRIFT_EVENTS)
-        assert_no_dead_letters(amqp_url, Y_TRUE, Y_PRED, METRIC_ADDED, DRIFT_PREDICTIONS, DRIFT_EVENTS)
+        wait_until_drained(vhost, FEATURES, Y_TRUE, Y_PRED, METRIC_ADDED, *DRIFT_QUEUES)
+        assert_no_dead_letters(amqp_url, Y_TRUE, Y_PRED, METRIC_ADDED, *DRIFT_QUEUES)
         assert_alive(pipeline, "model", "metric", "plot", "drift")
         for service in ("model", "metric", "plot", "drift", "features"):
             output = output_of(pipeline, service)

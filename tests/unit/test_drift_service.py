@@ -20,11 +20,12 @@ sys.path.insert(0, str(ROOT / "drift" / "src"))
 from drift import DriftWorker, Settings, describe_alert  # noqa: E402
 from follower import ModelFollower, start_monitor  # noqa: E402
 from mlmonitor.ids import IdSet  # noqa: E402
-from mlmonitor.messages import InvalidMessage, MetricAdded, MonitorAlert, PredictionWithInputs  # noqa: E402
+from mlmonitor.messages import (InvalidMessage, MetricAdded, MetricAddedBatch, MonitorAlert, PredictionBatch,  # noqa: E402
+                                PredictionWithInputs)
 from mlmonitor.model_store import CARD_NAME, ModelCard  # noqa: E402
 from mlmonitor.reference import build_reference, numeric_stats  # noqa: E402
 from mlmonitor.schema import FeatureSchema, FeatureSpec  # noqa: E402
-from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTIONS, MONITOR_ALERTS_EXCHANGE  # noqa: E402
+from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTION_BATCHES, DRIFT_PREDICTIONS, MONITOR_ALERTS_EXCHANGE  # noqa: E402
 from monitor import OUTCOMES, PREDICTIONS, DriftMonitor, build_detectors, calibration_of  # noqa: E402
 from state_store import StateStore, parse_ids  # noqa: E402
 
@@ -369,7 +370,7 @@ def worker(tmp_path):
 def test_deliveries_are_acked_once_a_snapshot_covering_them_is_durable(worker):
     worker, session, logs_dir = worker
     deliveries = [FakeDelivery(DRIFT_PREDICTIONS, message) for message in reference_rows(5)]
-    deliveries.append(FakeDelivery(DRIFT_EVENTS, outcome("id-0")))
+    deliveries.append(FakeDelivery(DRIFT_EVENTS, MetricAddedBatch(events=[outcome("id-0")])))
     worker.on_batch(deliveries)
     assert not any(delivery.acked for delivery in deliveries)
     worker._snapshot()
@@ -402,6 +403,36 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_the_rest_go_on(wor
     worker._snapshot()
     session.run_thread_callback()
     assert good.acked == 1
+
+
+def test_each_event_of_a_batch_counts_once_and_a_batch_redelivered_counts_nothing_new(worker):
+    worker, session, _ = worker
+    predictions = PredictionBatch(predictions=reference_rows(50))
+    outcomes = MetricAddedBatch(events=[outcome(f"id-{n}") for n in range(30)])
+    batches = [FakeDelivery(DRIFT_PREDICTION_BATCHES, predictions), FakeDelivery(DRIFT_EVENTS, outcomes)]
+    worker.on_batch(batches)
+    worker.on_batch([FakeDelivery(DRIFT_PREDICTION_BATCHES, predictions), FakeDelivery(DRIFT_EVENTS, outcomes)])
+    monitor = worker._monitor
+    assert (monitor.events(PREDICTIONS), monitor.events(OUTCOMES)) == (50, 30)
+    assert all(detector.events == 50 for detector in monitor.detectors if detector.name.startswith("feature."))
+    worker._snapshot()
+    session.run_thread_callback()
+    assert [delivery.acked for delivery in batches] == [1, 1] and session.dead_letters == []
+
+
+def test_a_batch_with_an_event_that_does_not_fit_counts_the_others_and_is_dead_lettered_once_they_are_durable(
+        worker):
+    worker, session, _ = worker
+    bad = PredictionWithInputs(id="bad", body=300.0, features=[1.0])
+    batch = FakeDelivery(DRIFT_PREDICTION_BATCHES, PredictionBatch(predictions=[prediction("a"), bad, prediction("b")]))
+    worker.on_batch([batch])
+    assert worker._monitor.events(PREDICTIONS) == 2
+    assert session.dead_letters == [], "its good events are not durable yet: a crash now must redeliver it"
+    worker._snapshot()
+    session.run_thread_callback()
+    assert session.dead_letters == [(batch.body, "predictions.1 (id bad): features: expected 3 features "
+                                                 "('area', 'rooms', 'city'), got 1")]
+    assert batch.acked == 1  # by the dead letter's confirm
 
 
 def test_the_summary_file_shows_every_detector_against_its_threshold(worker):

@@ -8,9 +8,13 @@ from mlmonitor.messages import (
     FeaturesMessage,
     InvalidMessage,
     MetricAdded,
+    MetricAddedBatch,
+    PredictionBatch,
     PredictionMessage,
+    PredictionWithInputs,
     TargetMessage,
     decode,
+    encode_batches,
 )
 
 
@@ -161,3 +165,24 @@ def test_labels_and_categories_with_control_characters_are_refused_in_one_line(m
         decode(message_type, raw)
     assert caught.value.reason.startswith(place) and "control characters" in caught.value.reason
     assert "\n" not in caught.value.reason and "\x00" not in caught.value.reason
+
+
+def test_batches_are_cut_under_the_cap_and_hold_every_item_once_in_order():
+    items = [PredictionWithInputs(id=f"p{index}", body=float(index), features=[0.5] * 10).encode()
+             for index in range(500)]
+    batches = encode_batches("predictions", items, max_bytes=4096)
+    assert len(batches) > 1 and all(len(body) <= 4096 for body, _ in batches)
+    decoded = [decode(PredictionBatch, body).predictions for body, _ in batches]
+    assert [len(predictions) for predictions in decoded] == [count for _, count in batches]
+    assert [prediction.id for predictions in decoded for prediction in predictions] == [f"p{index}" for index in range(500)]
+    assert decoded[0][3].features == [0.5] * 10
+
+
+def test_an_item_over_the_cap_goes_alone_and_an_empty_batch_is_refused():
+    big = MetricAdded(id="big", y_true="x" * 150, y_pred=1.0, absolute_error=1.0).encode()
+    small = MetricAdded(id="small", y_true=1.0, y_pred=1.0, absolute_error=0.0).encode()
+    batches = encode_batches("events", [small, big, small], max_bytes=len(big))
+    assert [count for _, count in batches] == [1, 1, 1]
+    assert decode(MetricAddedBatch, batches[1][0]).events[0].id == "big"
+    with pytest.raises(InvalidMessage, match="events: List should have at least 1 item"):
+        decode(MetricAddedBatch, b'{"events": []}')

@@ -18,10 +18,11 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from mlmonitor.messages import PROBABILITY_SUM_TOLERANCE, PredictionMessage
+from mlmonitor.messages import (MAX_BATCH_BYTES, PROBABILITY_SUM_TOLERANCE, PredictionBatch, PredictionMessage,
+                                PredictionWithInputs)
 from mlmonitor.model_store import CARD_NAME, ModelCard, ModelCorrupt, save_model
 from mlmonitor.schema import FeatureSchema, FeatureSpec
-from mlmonitor.topology import FEATURES, PREDICTIONS_EXCHANGE, Y_PRED
+from mlmonitor.topology import FEATURES, MODEL_PREDICTIONS_EXCHANGE, PREDICTION_BATCHES_EXCHANGE, Y_PRED
 from model import (VERSIONS_REFUSED, CardWatcher, IncompatibleModel, Predictor, ServedModel, card_signature,
                    label_value, labels_and_probabilities, load_version, parse_trusted_types, refusal_reason,
                    smoke_row)
@@ -101,16 +102,26 @@ class FakeDelivery:
 
 
 class FakeSession:
-    """Publishes are confirmed at once; threadsafe callbacks wait until the test runs them."""
+    """Publishes are confirmed at once (unless `confirm_later`); threadsafe callbacks wait until the test
+    runs them. Drift's batches are kept apart from the predictions."""
 
-    def __init__(self):
+    def __init__(self, confirm_later: bool = False):
         self.published: list[tuple[str, str, dict]] = []
+        self.batches: list[tuple[dict, bool, int]] = []  # (the batch, mandatory, its size in bytes)
         self.dead_letters: dict[bytes, str] = {}
         self.threadsafe: list = []
+        self.confirm_later = confirm_later
+        self.confirms: list = []
 
-    def publish(self, exchange, routing_key, body, on_confirmed=None, headers=None) -> None:
-        self.published.append((exchange, routing_key, json.loads(body)))
-        on_confirmed()
+    def publish(self, exchange, routing_key, body, on_confirmed=None, headers=None, mandatory=True) -> None:
+        if exchange == PREDICTION_BATCHES_EXCHANGE:
+            self.batches.append((json.loads(body), mandatory, len(body)))
+        else:
+            self.published.append((exchange, routing_key, json.loads(body)))
+        if self.confirm_later:
+            self.confirms.append(on_confirmed)
+        else:
+            on_confirmed()
 
     def dead_letter(self, delivery, reason: str) -> None:
         self.dead_letters[delivery.body] = reason
@@ -202,14 +213,42 @@ def test_a_message_that_is_not_a_features_message_is_dead_lettered(regressor):
 # --- what is published --------------------------------------------------------------------------
 
 
-def test_a_regressor_publishes_floats_with_its_version_to_the_predictions_exchange(regressor):
+def test_a_regressor_publishes_floats_with_its_version_to_y_pred_and_the_batch_with_inputs_for_drift(regressor):
     session = run_batch(regressor, [delivery(f"e{index}", DIABETES.data[index].tolist(), sent_at=1000.5)
                                     for index in range(5)])
-    assert {(exchange, key) for exchange, key, _ in session.published} == {(PREDICTIONS_EXCHANGE, Y_PRED)}
+    assert {(exchange, key) for exchange, key, _ in session.published} == {(MODEL_PREDICTIONS_EXCHANGE, Y_PRED)}
     expected = regressor.estimator.predict(DIABETES.data[:5]).tolist()
     assert session.predictions == [{"id": f"e{index}", "body": expected[index], "model_version": "v1",
-                                    "sent_at": 1000.5, "features": DIABETES.data[index].tolist()}
-                                   for index in range(5)]
+                                    "sent_at": 1000.5} for index in range(5)]
+    [(batch, mandatory, _)] = session.batches  # one message for the batch, routable or not (drift may never have run)
+    assert not mandatory
+    assert PredictionBatch.model_validate(batch).predictions == [
+        PredictionWithInputs(**prediction, features=DIABETES.data[index].tolist())
+        for index, prediction in enumerate(session.predictions)]
+
+
+def test_a_delivery_is_acked_only_once_its_prediction_and_its_batch_are_both_confirmed(regressor):
+    session = FakeSession(confirm_later=True)
+    deliveries = [delivery(f"e{index}", DIABETES.data[index].tolist()) for index in range(3)]
+    predictor = Predictor(regressor, prefetch=10)
+    predictor.on_connected(session)
+    predictor.on_batch(deliveries)
+    assert len(session.confirms) == 4 and len(session.batches) == 1
+    predictions, batch = session.confirms[:3], session.confirms[3]
+    for confirm in predictions:
+        confirm()
+    assert not any(item.acked for item in deliveries)
+    batch()
+    assert all(item.acked for item in deliveries)
+
+
+def test_a_batch_is_split_to_stay_under_the_batch_cap_and_every_prediction_goes_once(regressor):
+    rows = [delivery(f"e{index}", DIABETES.data[index % 100].tolist()) for index in range(2000)]
+    session = run_batch(regressor, rows)
+    assert len(session.batches) > 1
+    assert all(size <= MAX_BATCH_BYTES for _, _, size in session.batches)
+    assert [item["id"] for batch, _, _ in session.batches for item in batch["predictions"]] == [
+        f"e{index}" for index in range(2000)]
 
 
 def test_a_classifier_publishes_the_most_probable_label_and_every_probability(classifier):

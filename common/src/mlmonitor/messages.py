@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, StringConstraints, Tag, ValidationError
 
@@ -130,6 +130,10 @@ class PredictionWithInputs(PredictionMessage):
 
     features: FeaturesBody | None = None
 
+    def encode_without_inputs(self) -> bytes:
+        """As a PredictionMessage: what y_pred gets (drift gets the inputs in a PredictionBatch)."""
+        return self.model_dump_json(exclude_none=True, exclude={"features"}).encode()
+
 
 class MetricAdded(Message):
     """Exchange `metric_events` → queue `metric_added`: one joined pair, written to the metric log.
@@ -143,6 +147,43 @@ class MetricAdded(Message):
     probabilities: Probabilities | None = None
     model_version: str | None = None
     sent_at: FiniteNumber | None = None
+
+
+# Batches: the drift monitor's copies of our own services' high-rate streams, many events a message, as
+# the broker's cost is per message. A producer splits a batch so that each message stays under this.
+MAX_BATCH_BYTES = 128 * 1024
+
+
+class PredictionBatch(Message):
+    """Exchange `prediction_batches` → queue `prediction_batches.drift`: {"predictions": [...]}, the
+    predictions of one of model's batches, each a PredictionWithInputs (with the inputs it was made from)."""
+
+    ITEMS: ClassVar[str] = "predictions"
+    predictions: Annotated[list[PredictionWithInputs], Field(min_length=1)]
+
+
+class MetricAddedBatch(Message):
+    """Exchange `metric_batches` → queue `metric_batches.drift`: {"events": [...]}, the MetricAdded
+    events of one of metric's group commits."""
+
+    ITEMS: ClassVar[str] = "events"
+    events: Annotated[list[MetricAdded], Field(min_length=1)]
+
+
+def encode_batches(field: str, items: list[bytes], max_bytes: int = MAX_BATCH_BYTES) -> list[tuple[bytes, int]]:
+    """The encoded `items` as JSON objects {field: [...]}, as few as fit in `max_bytes` each (an item
+    bigger than that alone in its own), each with how many items it holds; in order."""
+    head, tail = b'{"' + field.encode() + b'":[', b"]}"
+    batches, chunk, size = [], [], len(head) + len(tail)
+    for item in items:
+        if chunk and size + len(item) + 1 > max_bytes:
+            batches.append((head + b",".join(chunk) + tail, len(chunk)))
+            chunk, size = [], len(head) + len(tail)
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        batches.append((head + b",".join(chunk) + tail, len(chunk)))
+    return batches
 
 
 class MonitorAlert(Message):

@@ -24,7 +24,7 @@ from pika.exceptions import AMQPError
 
 from mlmonitor.dead_letters import depth, known_dead_letter_queues, peek, replay
 from mlmonitor.settings import ServiceSettings, load_settings
-from mlmonitor.tls import connection_parameters, untrusted
+from mlmonitor.tls import connection_candidates, untrusted
 
 CONNECTION_FLAGS = ("amqp_url", "amqp_ca_file", "amqp_cert_file", "amqp_key_file", "amqp_server_name")
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = connection_settings(args)
     try:
-        connection = pika.BlockingConnection(connection_parameters(settings.amqp_url, settings.amqp_tls))
+        connection = pika.BlockingConnection(connection_candidates(settings.amqp_url, settings.amqp_tls))
     except ssl.SSLCertVerificationError as error:
         print(f"dead_letters: RabbitMQ showed a certificate we can't trust: {untrusted(error)}", file=sys.stderr)
         return 2

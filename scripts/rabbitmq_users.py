@@ -1,7 +1,8 @@
 r"""Gives every service a RabbitMQ user of its own, allowed only what the service does on the broker.
 
     .venv/bin/python scripts/rabbitmq_users.py --vhost VHOST [--host localhost] [--port 5672] [--tls] \
-        [--secrets-dir secrets] [--rotate] [--services features,model,metric,plot,dashboard,drift]
+        [--secrets-dir secrets] [--rotate] [--services features,model,metric,plot,dashboard,drift] \
+        [--queue-type classic|quorum]
 
 Run with admin rights on the broker: it imports, in one `rabbitmqctl import_definitions` call, the
 vhost, one user `mlmonitor-<service>` per service (learn_model needs none) plus `mlmonitor-producer`
@@ -23,9 +24,10 @@ Docker Compose (no broker needed; `docker compose up` loads the result at the br
 
 writes the users' definitions (password hashes, never a password) instead of importing them; the
 topology comes from the committed rabbitmq/definitions.json, which `--topology PATH` writes again
-from mlmonitor.topology. The users' file is mode 0644 in the 0700 secrets/: the broker's container
-runs as its own uid and Compose mounts files with their host permissions, and a salted hash of a
-256-bit random password gives nothing away.
+from mlmonitor.topology. `--queue-type quorum` declares quorum queues (QUEUE_TYPE, docs/scaling.md), as
+rabbitmq/definitions.cluster.json does for docker-compose.cluster.yml. The users' file is mode 0644 in
+the 0700 secrets/: the broker's container runs as its own uid and Compose mounts files with their host
+permissions, and a salted hash of a 256-bit random password gives nothing away.
 
 Permissions (docs/security.md has the table): no user may configure (declare, bind or delete)
 anything; the topology is the broker's definitions. A service reads only the queues it consumes
@@ -46,7 +48,7 @@ import secrets
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -54,8 +56,9 @@ from urllib.parse import quote, unquote, urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "common" / "src"))  # mlmonitor, also when run without the venv's editable install
 
-from mlmonitor.topology import (DEAD_LETTERS_EXCHANGE, DEFAULT_EXCHANGE, PIPELINE, SERVICE_ACCESS,  # noqa: E402
-                                Access, Topology)
+from mlmonitor.topology import (CLASSIC, DEAD_LETTERS_EXCHANGE, DEFAULT_EXCHANGE,  # noqa: E402
+                                METRIC_PARTITIONS_EXCHANGE, PIPELINE, QUORUM, SERVICE_ACCESS, Access, Topology,
+                                metric_topology)
 
 DEFAULT_PREFIX = "mlmonitor-"
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"  # RabbitMQ's default
@@ -101,15 +104,29 @@ def client_grants(topology: Topology) -> list[Grant]:
             Grant("operator", write=exactly([DEFAULT_EXCHANGE]), read=exactly(all_dlqs), tags=("management",))]
 
 
-def deployed_topology(services: list[str]) -> Topology:
-    """The layout the given services use: the pipeline, plus the dashboard's and drift's queues if they run."""
-    return reduce(Topology.merged, (SERVICE_ACCESS[service].topology for service in services), PIPELINE)
+def service_access(service: str, metric_partitions: int = 1) -> Access:
+    """SERVICE_ACCESS[service]; for metric with K partitions, also the partition queues it consumes and the
+    exchange its routers publish them to (mlmonitor.topology.metric_topology)."""
+    access = SERVICE_ACCESS[service]
+    if service != "metric" or metric_partitions == 1:
+        return access
+    layout = metric_topology(metric_partitions)
+    partition_queues = tuple(spec.name for spec in layout.queues if spec.bind_to == METRIC_PARTITIONS_EXCHANGE)
+    return replace(access, consumes=access.consumes + partition_queues,
+                   publishes_to=access.publishes_to + (METRIC_PARTITIONS_EXCHANGE,), topology=layout)
 
 
-def grants(services: list[str]) -> list[Grant]:
-    topology = deployed_topology(services)
-    return [service_grant(service, SERVICE_ACCESS[service], topology) for service in services] + client_grants(
-        topology)
+def deployed_topology(services: list[str], metric_partitions: int = 1) -> Topology:
+    """The layout the given services use: the pipeline, plus the dashboard's and drift's queues if they run,
+    and metric's partition queues with K > 1."""
+    return reduce(Topology.merged, (service_access(service, metric_partitions).topology for service in services),
+                  PIPELINE)
+
+
+def grants(services: list[str], metric_partitions: int = 1) -> list[Grant]:
+    topology = deployed_topology(services, metric_partitions)
+    return [service_grant(service, service_access(service, metric_partitions), topology)
+            for service in services] + client_grants(topology)
 
 
 # --------------------------------------------------------------------------- passwords and files
@@ -140,8 +157,10 @@ def password_in(path: Path) -> str | None:
 
 
 def amqp_url(user: str, password: str, host: str, port: int, vhost: str, tls: bool) -> str:
+    """The user's AMQP URL; `host` may list a cluster's nodes, comma-separated: then one URL per node, likewise."""
     scheme = "amqps" if tls else "amqp"
-    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{quote(vhost, safe='')}"
+    credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return ",".join(f"{scheme}://{credentials}@{node}:{port}/{quote(vhost, safe='')}" for node in host.split(","))
 
 
 def write_file(path: Path, text: str, mode: int) -> None:
@@ -195,14 +214,15 @@ def users_definitions(user_grants: list[Grant], passwords: dict[str, str], vhost
     }
 
 
-def topology_definitions(topology: Topology, vhost: str) -> dict:
-    """The vhost, exchanges, queues and bindings, all durable, as mlmonitor.topology.declare makes them."""
+def topology_definitions(topology: Topology, vhost: str, queue_type: str = CLASSIC) -> dict:
+    """The vhost, exchanges, queues and bindings, all durable, as mlmonitor.topology.declare makes them
+    with QUEUE_TYPE `queue_type`."""
     return {
         "vhosts": [{"name": vhost}],
         "exchanges": [{"name": name, "vhost": vhost, "type": kind, "durable": True, "auto_delete": False,
                        "internal": False, "arguments": {}} for name, kind in topology.exchange_types().items()],
         "queues": [{"name": name, "vhost": vhost, "durable": True, "auto_delete": False,
-                    "arguments": topology.arguments_of(name) or {}} for name in topology.queue_names()],
+                    "arguments": topology.arguments_of(name, queue_type) or {}} for name in topology.queue_names()],
         "bindings": [{"source": exchange, "vhost": vhost, "destination": queue, "destination_type": "queue",
                       "routing_key": routing_key, "arguments": {}}
                      for exchange, queue, routing_key in topology.bindings()],
@@ -225,7 +245,9 @@ def import_definitions(rabbitmqctl: str, definitions: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vhost", required=True, help="the vhost the services use ('/' for the default one)")
-    parser.add_argument("--host", default="localhost", help="the broker's host name in the URLs (default localhost)")
+    parser.add_argument("--host", default="localhost", help="the broker's host name in the URLs (default localhost); "
+                                                            "a cluster's nodes comma-separated, e.g. "
+                                                            "rabbitmq-1,rabbitmq-2,rabbitmq-3")
     parser.add_argument("--port", type=int, help="the broker's port in the URLs (default 5672, 5671 with --tls)")
     parser.add_argument("--tls", action="store_true", help="amqps:// URLs")
     parser.add_argument("--secrets-dir", type=Path, default=ROOT / "secrets", help="where the URL files go")
@@ -240,11 +262,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "importing them")
     parser.add_argument("--topology", type=Path, metavar="PATH",
                         help="only write the topology's definitions for VHOST there (rabbitmq/definitions.json)")
+    parser.add_argument("--metric-partitions", type=int, default=1, metavar="K",
+                        help="metric's METRIC_PARTITIONS: with K > 1, the partition queues and their grants too")
+    parser.add_argument("--queue-type", choices=(CLASSIC, QUORUM), default=CLASSIC,
+                        help="the queues' type, as the services' QUEUE_TYPE (default classic; quorum on a cluster)")
     args = parser.parse_args(argv)
     args.services = [name.strip() for name in args.services.split(",") if name.strip()]
     unknown = sorted(set(args.services) - set(SERVICE_ACCESS))
     if unknown:
         parser.error(f"--services: unknown {', '.join(unknown)}; known: {', '.join(SERVICE_ACCESS)}")
+    if args.metric_partitions < 1:
+        parser.error("--metric-partitions takes a number >= 1")
     if args.port is None:
         args.port = 5671 if args.tls else 5672
     return args
@@ -252,12 +280,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    topology = deployed_topology(args.services)
+    topology = deployed_topology(args.services, args.metric_partitions)
     if args.topology:
-        write_file(args.topology, as_json(topology_definitions(topology, args.vhost)), 0o644)
+        write_file(args.topology, as_json(topology_definitions(topology, args.vhost, args.queue_type)), 0o644)
         print(f"rabbitmq_users: wrote the topology for vhost {args.vhost!r} to {args.topology}", flush=True)
         return 0
-    user_grants = grants(args.services)
+    user_grants = grants(args.services, args.metric_partitions)
     ensure_private_dir(args.secrets_dir)
     chosen = choose_passwords([grant.name for grant in user_grants], args.secrets_dir, args.rotate)
     passwords = {name: password for name, (password, _) in chosen.items()}
@@ -266,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         write_file(args.definitions, as_json(users), 0o644)
     else:
         try:
-            import_definitions(args.rabbitmqctl, {**users, **topology_definitions(topology, args.vhost)})
+            layout = topology_definitions(topology, args.vhost, args.queue_type)
+            import_definitions(args.rabbitmqctl, {**users, **layout})
         except (OSError, subprocess.SubprocessError) as error:
             problem = getattr(error, "stderr", None) or str(error)
             print(f"rabbitmq_users: importing the definitions failed: {' '.join(problem.split())}", file=sys.stderr)

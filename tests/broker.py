@@ -9,6 +9,8 @@ import subprocess
 
 import pika
 
+from mlmonitor.broker_urls import split_urls
+
 BROKER_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("TEST_RABBITMQ_PORT", "5672"))
 
@@ -31,7 +33,8 @@ def create_vhost(name: str) -> None:
 
 
 def connect(amqp_url: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(amqp_url))
+    """To the first node that answers, when AMQP_URL names a cluster's."""
+    return pika.BlockingConnection([pika.URLParameters(url) for url in split_urls(amqp_url)])
 
 
 def publish_raw(amqp_url: str, queue: str, bodies: list[bytes | str | dict], headers: dict | None = None) -> None:

@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("streaming %s events of %s (%d rows, %s) at %s to %s and %s",
              settings.count or "endless", table.description, len(table), settings.order,
              f"{settings.rate:g}/s" if settings.rate else "full speed", FEATURES, Y_TRUE)
-    exit_code = run_worker(streamer, settings.amqp_url, tls=settings.amqp_tls)
+    exit_code = run_worker(streamer, settings.amqp_url, tls=settings.amqp_tls, queue_type=settings.queue_type)
     log.info("stopped after %d confirmed events", streamer.confirmed)
     return exit_code
 

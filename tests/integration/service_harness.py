@@ -9,7 +9,7 @@ from pathlib import Path
 import pika
 
 from broker import amqp_url_for, connect, create_vhost, drain, queue_depth, rabbitmqctl  # noqa: F401 (re-exported)
-from mlmonitor.topology import METRIC_EVENTS_EXCHANGE, PIPELINE, Topology, declare
+from mlmonitor.topology import CLASSIC, METRIC_EVENTS_EXCHANGE, PIPELINE, Topology, declare
 from run_pipeline import Pipeline
 from waiting import wait_until
 
@@ -96,13 +96,13 @@ def wait_for_consumers(amqp_url: str, *queues: str, timeout: float = 60) -> None
                message=f"consumers on {', '.join(queues)}")
 
 
-def declare_topology(amqp_url: str, topology: Topology = PIPELINE, extra_queue_on_metric_events: str | None = None
-                     ) -> None:
+def declare_topology(amqp_url: str, topology: Topology = PIPELINE, extra_queue_on_metric_events: str | None = None,
+                     queue_type: str = CLASSIC) -> None:
     """Declares what the services declare at connect, so messages published before they run are kept."""
     connection = connect(amqp_url)
     try:
         channel = connection.channel()
-        declare(channel, topology)
+        declare(channel, topology, queue_type)
         if extra_queue_on_metric_events:
             channel.queue_declare(extra_queue_on_metric_events, durable=True)
             channel.queue_bind(extra_queue_on_metric_events, METRIC_EVENTS_EXCHANGE)

@@ -15,7 +15,9 @@ import pika
 import pytest
 
 import rabbitmq_users
-from mlmonitor.topology import (DEAD_LETTERS_EXCHANGE, DEFAULT_EXCHANGE, FEATURES, INPUTS_EXCHANGE, METRIC_ADDED,
+from mlmonitor.topology import (DEAD_LETTERS_EXCHANGE, DEFAULT_EXCHANGE, DRIFT_EVENTS, DRIFT_PREDICTION_BATCHES,
+                                DRIFT_PREDICTIONS, FEATURES, INPUTS_EXCHANGE, METRIC_ADDED, METRIC_BATCHES_EXCHANGE,
+                                MODEL_PREDICTIONS_EXCHANGE, PREDICTION_BATCHES_EXCHANGE,
                                 METRIC_EVENTS_EXCHANGE, PREDICTIONS_EXCHANGE, SERVICE_ACCESS, Y_PRED, Y_TRUE)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +96,17 @@ def test_internal_publishes_reach_their_queues_through_named_exchanges():
     assert TOPOLOGY.exchange_types()[INPUTS_EXCHANGE] == "direct"
 
 
+def test_our_model_s_predictions_reach_y_pred_and_drift_once_each_and_an_external_model_s_both():
+    bound = {}
+    for exchange, queue, _ in TOPOLOGY.bindings():
+        bound.setdefault(exchange, set()).add(queue)
+    assert bound[MODEL_PREDICTIONS_EXCHANGE] == {Y_PRED}  # drift takes model's in batches instead
+    assert bound[PREDICTION_BATCHES_EXCHANGE] == {DRIFT_PREDICTION_BATCHES}
+    assert bound[PREDICTIONS_EXCHANGE] == {Y_PRED, DRIFT_PREDICTIONS}
+    assert bound[METRIC_BATCHES_EXCHANGE] == {DRIFT_EVENTS}
+    assert DRIFT_EVENTS not in bound[METRIC_EVENTS_EXCHANGE]
+
+
 @pytest.mark.parametrize("service", ALL_SERVICES)
 def test_what_a_service_uses_is_in_the_topology_it_declares(service):
     access = SERVICE_ACCESS[service]
@@ -103,8 +116,9 @@ def test_what_a_service_uses_is_in_the_topology_it_declares(service):
 
 def test_the_dashboards_and_drifts_queues_are_only_there_when_they_run():
     pipeline_only = set(rabbitmq_users.deployed_topology(["features", "model", "metric", "plot"]).queue_names())
-    assert pipeline_only.isdisjoint({"metric_added.dashboard", "predictions.drift", "metric_added.drift"})
-    assert {"metric_added.dashboard", "predictions.drift", "metric_added.drift"} <= QUEUES
+    optional = {"metric_added.dashboard", "predictions.drift", "prediction_batches.drift", "metric_batches.drift"}
+    assert pipeline_only.isdisjoint(optional)
+    assert optional <= QUEUES
 
 
 def test_the_committed_definitions_are_the_topology_of_every_service_on_the_default_vhost():

@@ -13,7 +13,8 @@ The rules it keeps for every service:
 - A worker bug is logged with its traceback; the batch is retried one message at a time and only
   the messages that still fail are dead-lettered.
 - Connection lost: the worker drops its in-flight state (the broker redelivers whatever was not
-  acked) and the runner reconnects with capped exponential backoff, also while the vhost does not exist yet.
+  acked) and the runner reconnects with capped exponential backoff, also while the vhost does not exist yet;
+  with several URLs in AMQP_URL (a cluster's nodes), to the next node that answers.
   Wrong credentials end the run, and so does a broker certificate we can't verify (mlmonitor.tls).
 - Consuming and publishing use separate connections, so broker flow control on publishers never
   stops acks from getting through.
@@ -22,12 +23,13 @@ The rules it keeps for every service:
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import struct
 import time
 import traceback
 from ssl import SSLCertVerificationError
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import pika
 import pika.frame
@@ -38,9 +40,9 @@ from pika.spec import Basic
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import observability
-from .messages import InvalidMessage, MessageT, decode
+from .messages import InvalidMessage, Message, MessageT, decode, encode_batches
 from .settings import ConsumerSettings
-from .tls import AmqpTls, connect_problem, connection_parameters, untrusted
+from .tls import AmqpTls, connect_problem, connection_candidates, untrusted
 from .topology import (DEAD_LETTERS_EXCHANGE, INPUTS_EXCHANGE, PIPELINE, REASON_HEADER, SOURCE_QUEUE_HEADER, Topology,
                        check_declared, dead_letter_queue, declare)
 
@@ -192,12 +194,18 @@ class _MessageLimits(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
 
     max_message_bytes: int = ConsumerSettings.model_fields["max_message_bytes"]
+    queue_type: Literal["classic", "quorum"] = ConsumerSettings.model_fields["queue_type"]
 
 
 def max_message_bytes_from_environment() -> int:
     """MAX_MESSAGE_BYTES as ConsumerSettings checks it, or its default: what every consumer applies
     unless its runner is given another cap."""
     return _MessageLimits().max_message_bytes
+
+
+def queue_type_from_environment() -> str:
+    """QUEUE_TYPE as ServiceSettings checks it, or its default (classic): what a runner declares unless given."""
+    return _MessageLimits().queue_type
 
 
 HOUSEKEEPING_SECONDS = 0.2
@@ -252,6 +260,37 @@ class Delivery:
 
     def ack(self) -> None:
         self._acks.done(self.tag)
+
+
+def after_all(count: int, callback: Callable[[], None]) -> Callable[[], None]:
+    """A callback that runs `callback` on its `count`-th call: e.g. ack once each copy is confirmed."""
+    remaining = count
+
+    def one_done() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            callback()
+
+    return one_done
+
+
+def publish_batches(session: Session, exchange: str, batch_type: type[Message], items: list[bytes],
+                    on_confirmed: list[Callable[[], None]]) -> None:
+    """Publishes the encoded `items` as `batch_type` messages, as few as MAX_BATCH_BYTES allows;
+    `on_confirmed[i]` runs once the message holding `items[i]` is confirmed. Not mandatory: a batch
+    exchange has no queue until drift first starts, and drift sees what is published once it has."""
+    start = 0
+    for body, count in encode_batches(batch_type.ITEMS, items):
+        callbacks = on_confirmed[start:start + count]
+        start += count
+        session.publish(exchange, "", body, on_confirmed=lambda callbacks=callbacks: _run_all(callbacks),
+                        mandatory=False)
+
+
+def _run_all(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 class _AckTracker:
@@ -379,7 +418,7 @@ class _Publisher:
         self._session = session
         self._channel = channel
         self._sequence = 0
-        self._pending: dict[int, tuple[str, str, bytes, dict | None, Callable[[], None] | None]] = {}
+        self._pending: dict[int, tuple[str, str, bytes, dict | None, Callable[[], None] | None, bool]] = {}
         self._returned = False
         self._plain_properties = pika.BasicProperties(delivery_mode=PERSISTENT, content_type="application/json")
         self._published = {}  # exchange or routing key -> its MESSAGES_PUBLISHED child, looked up once
@@ -391,12 +430,12 @@ class _Publisher:
         return len(self._pending)
 
     def publish(self, exchange: str, routing_key: str, body: bytes, headers: dict | None,
-                on_confirmed: Callable[[], None] | None) -> None:
+                on_confirmed: Callable[[], None] | None, mandatory: bool = True) -> None:
         properties = self._plain_properties if headers is None else pika.BasicProperties(
             delivery_mode=PERSISTENT, content_type="application/json", headers=headers)
-        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
         self._sequence += 1
-        self._pending[self._sequence] = (exchange, routing_key, body, headers, on_confirmed)
+        self._pending[self._sequence] = (exchange, routing_key, body, headers, on_confirmed, mandatory)
 
     def _on_confirm(self, frame) -> None:
         method = frame.method
@@ -413,10 +452,10 @@ class _Publisher:
             return  # an unroutable message is among these; the session restarts and work is redone
         if isinstance(method, Basic.Nack):
             log.warning("broker refused %d message(s); publishing them again", len(entries))
-            for exchange, routing_key, body, headers, on_confirmed in entries:
-                self.publish(exchange, routing_key, body, headers, on_confirmed)
+            for entry in entries:
+                self.publish(*entry)
             return
-        for exchange, routing_key, _body, _headers, on_confirmed in entries:
+        for exchange, routing_key, _body, _headers, on_confirmed, _mandatory in entries:
             target = routing_key if exchange in _ROUTED_BY_KEY else exchange
             counter = self._published.get(target)
             if counter is None:
@@ -480,10 +519,11 @@ class Session:
         self._watch_dead_letters_of(queue)
 
     def publish(self, exchange: str, routing_key: str, body: bytes, on_confirmed: Callable[[], None] | None = None,
-                headers: dict | None = None) -> None:
+                headers: dict | None = None, mandatory: bool = True) -> None:
+        """`mandatory=False` only where no bound queue is no loss: the broker then confirms and drops it."""
         if not self.is_open:
             return  # closing: nothing from this session gets acked, so the inputs come back
-        self._publisher.publish(exchange, routing_key, body, headers, on_confirmed)
+        self._publisher.publish(exchange, routing_key, body, headers, on_confirmed, mandatory)
 
     def dead_letter(self, delivery: Delivery, reason: str, headers: dict | None = None) -> None:
         """Moves the delivery to `<queue>.dlq`, through the dead_letters exchange, with `reason` (and `headers`,
@@ -641,10 +681,15 @@ class Session:
 
 ACCESS_REFUSED = 403
 NOT_FOUND = 404
+PRECONDITION_FAILED = 406
 
 
 class TopologyNotDeclared(AMQPError):
     """Part of the topology is missing and our user may not declare it; the runner waits for it."""
+
+
+class TopologyMismatch(Exception):
+    """A queue exists with other arguments than ours (another QUEUE_TYPE): waiting won't mend it."""
 
 
 class ServiceRunner:
@@ -652,15 +697,21 @@ class ServiceRunner:
 
     `max_message_bytes` caps every consumed message (MAX_MESSAGE_BYTES from the environment when not
     given); the depth of each consumed queue's DLQ is polled every `dead_letter_poll_seconds`.
-    `tls` verifies an amqps:// broker (mlmonitor.tls; AMQP_CA_FILE etc. from the environment when not given)."""
+    `tls` verifies an amqps:// broker (mlmonitor.tls; AMQP_CA_FILE etc. from the environment when not given).
+    `amqp_url` may list a cluster's nodes: the runner connects to one that answers and, when it loses that
+    one, tries the next first. `queue_type` (QUEUE_TYPE from the environment when not given) is the type of
+    the queues it declares."""
 
     def __init__(self, worker: Worker | None, amqp_url: str, topology: Topology = PIPELINE,
                  backoff: Backoff | None = None, max_message_bytes: int | None = None,
-                 dead_letter_poll_seconds: float = DEAD_LETTER_POLL_SECONDS, tls: AmqpTls | None = None):
+                 dead_letter_poll_seconds: float = DEAD_LETTER_POLL_SECONDS, tls: AmqpTls | None = None,
+                 queue_type: str | None = None):
         from .logs import EventLog
 
         self.worker = worker
-        self.parameters = connection_parameters(amqp_url, tls)
+        self.candidates = connection_candidates(amqp_url, tls)
+        self._current = random.randrange(len(self.candidates))  # a cluster's clients spread over its nodes
+        self.queue_type = queue_type_from_environment() if queue_type is None else queue_type
         self.topology = topology
         self.backoff = backoff or Backoff()
         self.max_message_bytes = (max_message_bytes_from_environment() if max_message_bytes is None
@@ -671,6 +722,11 @@ class ServiceRunner:
         self.rejections = EventLog(log, "messages dead-lettered")
         self._missing: str | None = None  # what the last check of the topology found missing ("": nothing)
 
+    @property
+    def parameters(self) -> pika.URLParameters:
+        """The node connected to last, or to try first."""
+        return self.candidates[self._current]
+
     def request_stop(self, exit_code: int = 0) -> None:
         self.stop_requested = True
         self.exit_code = exit_code
@@ -680,7 +736,7 @@ class ServiceRunner:
             signal.signal(signum, lambda *_: self.request_stop(0))
 
     def run(self) -> int:
-        where = f"{self.parameters.host}:{self.parameters.port} vhost {self.parameters.virtual_host!r}"
+        where = describe_nodes(self.candidates)
         attempt = 0
         while not self.stop_requested:
             try:
@@ -691,6 +747,9 @@ class ServiceRunner:
             except SSLCertVerificationError as error:
                 log.error("RabbitMQ at %s showed a certificate we can't trust: %s (AMQP_CA_FILE and AMQP_SERVER_NAME "
                           "say whom to trust); giving up", where, untrusted(error))
+                return 2
+            except TopologyMismatch as mismatch:
+                log.error("%s", mismatch)
                 return 2
             except (AMQPError, OSError, ValueError) as error:  # access denied too: the vhost may not exist yet
                 if isinstance(error, ValueError) and not reset_while_connecting(error):
@@ -703,7 +762,10 @@ class ServiceRunner:
                 continue
             if attempt:
                 observability.RECONNECTS.inc()
-                log.info("connected to RabbitMQ at %s", where)
+            if attempt or len(self.candidates) > 1:  # which node, with several; a single one is named on reconnects
+                log.info("connected to RabbitMQ at %s", describe_nodes([self.parameters]) + (
+                    f" (node {self._current + 1} of {len(self.candidates)} in AMQP_URL)"
+                    if len(self.candidates) > 1 else ""))
             attempt = 0
             connected_at = time.monotonic()
             session = Session(self, self.parameters)
@@ -720,23 +782,48 @@ class ServiceRunner:
             if time.monotonic() - connected_at > 30:
                 self.backoff.reset()
             attempt = 1
+            self._current = (self._current + 1) % len(self.candidates)  # the node may be gone: another first
             self._sleep(self.backoff.next_delay())
         return self.exit_code
 
     def _declare_topology(self) -> None:
         """Declares the topology; with a user that may not declare it (least privilege), checks that the
         broker's definitions hold it, and raises TopologyNotDeclared while something is missing."""
-        connection = pika.BlockingConnection(self.parameters)
+        connection = self._connect_to_any()
         try:
             try:
-                declare(connection.channel(), self.topology)
+                declare(connection.channel(), self.topology, self.queue_type)
             except ChannelClosedByBroker as refused:
+                if refused.reply_code == PRECONDITION_FAILED:
+                    raise TopologyMismatch(
+                        f"RabbitMQ refused our declaration of the topology with QUEUE_TYPE={self.queue_type} "
+                        f"({refused.reply_text}); fix: set QUEUE_TYPE to the existing queues' type, or drain and "
+                        "delete those queues (docs/scaling.md) so that they are declared anew; giving up") from None
                 if refused.reply_code != ACCESS_REFUSED:
                     raise
                 self._check_declared_by_others(connection, refused)
         finally:
             if connection.is_open:
                 connection.close()
+
+    def _connect_to_any(self) -> pika.BlockingConnection:
+        """A connection to the first node that answers, from the current one on, which becomes current.
+        Credentials and certificates are the same on every node: refused by one, they raise at once."""
+        failure: BaseException | None = None
+        for step in range(len(self.candidates)):
+            index = (self._current + step) % len(self.candidates)
+            try:
+                connection = pika.BlockingConnection(self.candidates[index])
+            except (ProbableAuthenticationError, SSLCertVerificationError):
+                raise
+            except (AMQPError, OSError, ValueError) as error:
+                if isinstance(error, ValueError) and not reset_while_connecting(error):
+                    raise
+                failure = error
+                continue
+            self._current = index
+            return connection
+        raise failure
 
     def _check_declared_by_others(self, connection, refused: ChannelClosedByBroker) -> None:
         try:
@@ -760,6 +847,12 @@ class ServiceRunner:
             time.sleep(min(0.1, deadline - time.monotonic()))
 
 
+def describe_nodes(candidates: Sequence[pika.URLParameters]) -> str:
+    """host:port of each node, and the vhost, e.g. "127.0.0.1:5681, 127.0.0.1:5682 vhost '/'"; never a password."""
+    nodes = ", ".join(f"{parameters.host}:{parameters.port}" for parameters in candidates)
+    return f"{nodes} vhost {candidates[0].virtual_host!r}"
+
+
 def reset_while_connecting(error: ValueError) -> bool:
     """pika raises a ValueError, not a connection error, when a socket it has just connected is reset
     before it sets it up (io_services_utils: "Expected connected socket, but getpeername() failed")."""
@@ -767,8 +860,9 @@ def reset_while_connecting(error: ValueError) -> bool:
 
 
 def run_worker(worker: Worker, amqp_url: str, topology: Topology = PIPELINE, max_message_bytes: int | None = None,
-               tls: AmqpTls | None = None) -> int:
-    runner = ServiceRunner(worker, amqp_url, topology, max_message_bytes=max_message_bytes, tls=tls)
+               tls: AmqpTls | None = None, queue_type: str | None = None) -> int:
+    runner = ServiceRunner(worker, amqp_url, topology, max_message_bytes=max_message_bytes, tls=tls,
+                           queue_type=queue_type)
     runner.install_signal_handlers()
     return runner.run()
 

@@ -1,7 +1,8 @@
 """Dead-letter queues, seen and emptied by an operator: what `scripts/dead_letters.py` does.
 
 A dead letter is a message a consumer refused, copied into `<queue>.dlq` with the headers
-`x-rejection-reason` and `x-source-queue` (mlmonitor.amqp). Here one can count them, look at the
+`x-rejection-reason` and `x-source-queue` (mlmonitor.amqp), or one a quorum queue dead-lettered
+itself after its delivery limit, with the broker's `x-death` header. Here one can count them, look at the
 first ones without taking them off their queue, and move chosen ones back to their source queue:
 
 - Looking takes messages with basic.get and no ack; closing the channel puts them back where they
@@ -24,7 +25,12 @@ from pika.exceptions import ChannelClosedByBroker
 from .amqp import ORIGINAL_SIZE_HEADER
 from .topology import DASHBOARD_EVENTS, PIPELINE, REASON_HEADER, SOURCE_QUEUE_HEADER, dead_letter_queue
 
-REJECTION_HEADERS = (REASON_HEADER, SOURCE_QUEUE_HEADER, ORIGINAL_SIZE_HEADER)
+# what the broker adds when it dead-letters a message itself (a quorum queue's delivery limit)
+BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+                        "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count")
+REJECTION_HEADERS = (REASON_HEADER, SOURCE_QUEUE_HEADER, ORIGINAL_SIZE_HEADER) + BROKER_DEATH_HEADERS
+BROKER_REASONS = {"delivery_limit": "delivered more times than its queue's delivery limit, e.g. it kept crashing "
+                                    "its consumer"}
 SHOWN_BODY_BYTES = 200
 
 
@@ -41,11 +47,23 @@ class DeadLetter:
 
     @property
     def reason(self) -> str:
-        return _text(self.headers.get(REASON_HEADER, ""))
+        """The service's x-rejection-reason, else the broker's reason from x-death."""
+        given = _text(self.headers.get(REASON_HEADER, ""))
+        if given or self._death is None:
+            return given
+        why = _text(self._death.get("reason"))
+        return f"{BROKER_REASONS.get(why, 'dead-lettered by the broker')} (x-death: {why})"
 
     @property
     def source_queue(self) -> str | None:
-        return _text(self.headers.get(SOURCE_QUEUE_HEADER)) or None
+        given = _text(self.headers.get(SOURCE_QUEUE_HEADER))
+        return given or (_text(self._death.get("queue")) if self._death is not None else "") or None
+
+    @property
+    def _death(self) -> dict | None:
+        """The broker's first x-death entry, if the broker dead-lettered this message."""
+        deaths = self.headers.get("x-death")
+        return deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else None
 
     @property
     def original_size(self) -> int | None:

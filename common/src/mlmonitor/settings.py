@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import tls
+from .broker_urls import BrokerUrlError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 FROM_FILE = "from_file"  # the json_schema_extra key that marks a secret setting
@@ -79,7 +80,12 @@ class CommonSettings(BaseSettings):
 
 
 class ServiceSettings(CommonSettings):
-    amqp_url: str = secret_field(DEFAULT_AMQP_URL, description="RabbitMQ address, vhost included (or AMQP_URL_FILE).")
+    amqp_url: str = secret_field(DEFAULT_AMQP_URL, description="RabbitMQ address, vhost included (or AMQP_URL_FILE); "
+                                 "the nodes of a cluster comma-separated: the service connects to one that answers "
+                                 "and moves to another when it goes away.")
+    queue_type: Literal["classic", "quorum"] = Field("classic", description="Type of the queues the service "
+                                                     "declares: quorum on a cluster (replicated, a delivery limit "
+                                                     "for poison messages); the queues' type must match.")
     # TLS (mlmonitor.tls), for an amqps:// URL only, which is always verified
     amqp_ca_file: str | None = Field(None, description="CA bundle (PEM) the broker's certificate must chain to, "
                                      "for an amqps:// AMQP_URL; unset: the system's CAs.")
@@ -97,7 +103,7 @@ class ServiceSettings(CommonSettings):
     def _check_amqp_tls(self) -> ServiceSettings:
         try:
             tls.check(self.amqp_url, self.amqp_tls)
-        except tls.TlsSetupError as problem:
+        except (tls.TlsSetupError, BrokerUrlError) as problem:
             raise PydanticCustomError("amqp_tls", "{problem}", {"problem": str(problem)}) from None
         return self
 

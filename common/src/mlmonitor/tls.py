@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pika
 
+from .broker_urls import split_urls
+
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
 
@@ -123,11 +125,21 @@ def ssl_options(tls: AmqpTls, host: str) -> pika.SSLOptions:
 
 
 def check(amqp_url: str, tls: AmqpTls) -> None:
-    """What connection_parameters refuses about TLS, refused the same way, at start; the URL itself is
-    left to pika, as before."""
-    check_url(amqp_url, tls)
-    if uses_tls(amqp_url):
+    """What connection_candidates refuses about TLS, refused the same way, at start, for each URL of
+    AMQP_URL; the URLs themselves are left to pika, as before."""
+    urls = split_urls(amqp_url)
+    check_one_scheme(urls)
+    for url in urls:
+        check_url(url, tls)
+    if uses_tls(urls[0]):
         ssl_context(tls)
+
+
+def check_one_scheme(urls: list[str]) -> None:
+    """Refuses amqp:// beside amqps://: a plain fallback would bypass TLS whenever a TLS node is down."""
+    if len({uses_tls(url) for url in urls}) > 1:
+        raise TlsSetupError("AMQP_URL mixes amqp:// and amqps:// URLs: a plain fallback would bypass TLS; "
+                            "give every node with the same scheme")
 
 
 def connection_parameters(amqp_url: str, tls: AmqpTls | None = None) -> pika.URLParameters:
@@ -139,6 +151,15 @@ def connection_parameters(amqp_url: str, tls: AmqpTls | None = None) -> pika.URL
     if uses_tls(amqp_url):
         parameters.ssl_options = ssl_options(tls, parameters.host)
     return parameters
+
+
+def connection_candidates(amqp_url: str, tls: AmqpTls | None = None) -> list[pika.URLParameters]:
+    """connection_parameters of each URL in AMQP_URL (one, or the nodes of a cluster), in order;
+    pika.BlockingConnection takes the list and connects to the first that answers."""
+    tls = AmqpTls.from_environment() if tls is None else tls
+    urls = split_urls(amqp_url)
+    check_one_scheme(urls)
+    return [connection_parameters(url, tls) for url in urls]
 
 
 _TLS_ALERT = re.compile(r"\b(?:sslv3|tlsv1[0-9]*) alert ([a-z ]*[a-z])")

@@ -1,9 +1,10 @@
 """A live web page of the model's quality, at http://localhost:8000/ (DASHBOARD_PORT).
 
-At start it restores every row of `logs/metric_log.csv`; then it counts each `metric_added` event
-from its own queue `metric_added.dashboard`, bound to the `metric_events` exchange beside plot's
-queue, so it takes nothing away from plot. An event is acked once it is counted; an id already
-counted (a redelivery, or a row already read from the CSV) is not counted again.
+At start it restores every row of `logs/metric_log.csv` and of each partition's `metric_log-<I>.csv`;
+then it counts each `metric_added` event from its own queue `metric_added.dashboard`, bound to the
+`metric_events` exchange beside plot's queue, so it takes nothing away from plot. An event is acked
+once it is counted; an id already counted (a redelivery, or a row already read from the CSV) is not
+counted again.
 
 The queue is durable and bounded (x-max-length, dropping the oldest): while the dashboard is down
 it keeps at most `--queue-max-length` events, not an ever-growing backlog, because everything it
@@ -37,7 +38,7 @@ from pydantic import Field, SecretStr
 from mlmonitor.amqp import Delivery, Session, decode_or_dead_letter, run_worker
 from mlmonitor.logs import configure_logging
 from mlmonitor.messages import MetricAdded
-from mlmonitor.metric_log import MetricLogTail, MetricRow
+from mlmonitor.metric_log import MetricLogTail, MetricRow, ShardedMetricLogTail
 from mlmonitor.model_store import ModelCorrupt, ModelNotReady, card_signature, read_card
 from mlmonitor.observability import serve_metrics
 from mlmonitor.settings import ConsumerSettings, load_settings, secret_field
@@ -113,7 +114,7 @@ class EventCounter:
     """The AMQP worker: catches up with the CSV at each connect, then counts the queue's events.
     `hint` says what TASK or the model card say about the task, asked before each batch."""
 
-    def __init__(self, board: QualityBoard, tail: MetricLogTail, prefetch: int, clock=time.time,
+    def __init__(self, board: QualityBoard, tail: MetricLogTail | ShardedMetricLogTail, prefetch: int, clock=time.time,
                  hint: Callable[[], TaskHint] = TaskHint):
         self._board = board
         self._tail = tail
@@ -176,7 +177,7 @@ class EventCounter:
         self._board.restart(task)
         if read_before:
             self._rows_refused = 0
-            self._tail = MetricLogTail(self._tail.path)
+            self._tail = self._tail.restarted()
             self._count_rows([observation_of_row(row) for row in self._tail.read_new()])
             log.info("the task is now %s: counted %d rows of %s again", task, self._board.count, self._tail.path)
 
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_metrics(settings.metrics_port, log, settings.metrics_host)
     board = QualityBoard()
     REGISTRY.register(QualityCollector(board))
-    tail = MetricLogTail(settings.logs_dir / "metric_log.csv")
+    tail = ShardedMetricLogTail(settings.logs_dir)  # metric_log.csv and each partition's metric_log-<I>.csv
     card = ModelCardWatcher(settings.models_dir)
     worker = EventCounter(board, tail, settings.prefetch, hint=lambda: card.hint(settings.task))
     started = time.perf_counter()
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
              server.port)
     try:
         return run_worker(worker, settings.amqp_url, topology(settings), max_message_bytes=settings.max_message_bytes,
-                          tls=settings.amqp_tls)
+                          tls=settings.amqp_tls, queue_type=settings.queue_type)
     finally:
         upstream.stop()
         server.stop()

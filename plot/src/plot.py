@@ -5,7 +5,8 @@ classifier, so the same drawing serves both.
 
 Beside it, `logs/error_distribution.json` holds the same histogram as numbers.
 
-At start it restores its data from `logs/metric_log.csv`; then each `metric_added` event adds one
+At start it restores its data from every shard of the metric log (`logs/metric_log.csv`, and
+`logs/metric_log-<I>.csv` of each partition); then each `metric_added` event adds one
 error. The histogram is updated in place (O(1) per event, whatever the history), redraws are
 coalesced to at most one per `--redraw-seconds` (0.25 s; the first event after a quiet spell is
 drawn at once), and the PNG is replaced atomically. An event is acked once a PNG that includes it
@@ -38,7 +39,7 @@ from mlmonitor.histogram import ErrorHistogram  # noqa: E402
 from mlmonitor.logs import EventLog  # noqa: E402
 from mlmonitor.messages import MetricAdded  # noqa: E402
 from mlmonitor.ids import IdSet  # noqa: E402
-from mlmonitor.metric_log import read_ids_and_errors  # noqa: E402
+from mlmonitor.metric_log import metric_log_shards, read_ids_and_errors  # noqa: E402
 from mlmonitor.service import start_service  # noqa: E402
 from mlmonitor.settings import ConsumerSettings  # noqa: E402
 from mlmonitor.topology import METRIC_ADDED  # noqa: E402
@@ -163,14 +164,16 @@ class HistogramPlotter:
         self._session: Session | None = None
         self._redraws = EventLog(log, "redraws")
 
-    def restore(self, csv_path: Path) -> None:
-        """At start: counts each id of the log once (vectorised: about a second per million rows)."""
+    def restore(self, csv_paths: Path | list[Path]) -> None:
+        """At start: counts each id of the log (or of all its shards) once (vectorised: about a second
+        per million rows)."""
         started = time.perf_counter()
-        self.counted_ids, errors = read_ids_and_errors(csv_path)
+        self.counted_ids, errors = read_ids_and_errors(csv_paths)
         self.histogram.add_many(errors)
         self._settings.logs_dir.mkdir(parents=True, exist_ok=True)
         self._render(self.histogram, self.png_path)
-        log.info("restored %d errors from %s in %.2fs; drew %s", self.histogram.count, csv_path,
+        shown = csv_paths if isinstance(csv_paths, Path) else ", ".join(map(str, csv_paths)) or "no metric log"
+        log.info("restored %d errors from %s in %.2fs; drew %s", self.histogram.count, shown,
                  time.perf_counter() - started, self.png_path)
 
     def on_connected(self, session: Session) -> None:
@@ -240,9 +243,9 @@ class HistogramPlotter:
 def main(argv: list[str] | None = None) -> int:
     settings = start_service("plot", Settings, argv)
     plotter = HistogramPlotter(settings)
-    plotter.restore(settings.logs_dir / "metric_log.csv")
+    plotter.restore(metric_log_shards(settings.logs_dir))
     return run_worker(plotter, settings.amqp_url, max_message_bytes=settings.max_message_bytes,
-                      tls=settings.amqp_tls)
+                      tls=settings.amqp_tls, queue_type=settings.queue_type)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ import threading
 import pytest
 
 from metric import MetricJoiner, Settings
-from mlmonitor.messages import PredictionMessage, TargetMessage
+from mlmonitor.messages import MetricAddedBatch, PredictionMessage, TargetMessage
 from mlmonitor.metric_log import HEADER_LINE, MetricLogWriter
 from mlmonitor.settings import load_settings
+from mlmonitor.topology import METRIC_BATCHES_EXCHANGE
 
 
 class FakeDelivery:
@@ -30,12 +31,22 @@ class FakeSession:
 
     is_open = True
 
-    def __init__(self):
+    def __init__(self, confirm_batches_later: bool = False):
         self.published: list[bytes] = []
         self.confirms = []
+        self.batches: list[tuple[bytes, bool]] = []  # drift's copies (body, mandatory), confirmed at once unless told
+        self.batch_confirms = []
+        self.confirm_batches_later = confirm_batches_later
         self.from_threads: queue.Queue = queue.Queue()
 
-    def publish(self, exchange, routing_key, body, on_confirmed=None, headers=None) -> None:
+    def publish(self, exchange, routing_key, body, on_confirmed=None, headers=None, mandatory=True) -> None:
+        if exchange == METRIC_BATCHES_EXCHANGE:
+            self.batches.append((body, mandatory))
+            if self.confirm_batches_later:
+                self.batch_confirms.append(on_confirmed)
+            else:
+                on_confirmed()
+            return
         self.published.append(body)
         self.confirms.append(on_confirmed)
 
@@ -86,6 +97,21 @@ def test_rows_are_written_at_once_and_one_fsync_covers_the_batches_written_while
     for confirm in session.confirms:
         confirm()
     assert all(delivery.acked == 1 for delivery in first + second)
+
+
+def test_a_pair_is_acked_once_its_event_and_drift_s_batch_of_its_group_commit_are_both_confirmed(joiner):
+    joiner._session = session = FakeSession(confirm_batches_later=True)
+    deliveries = pair("a") + pair("b")
+    joiner.on_batch(deliveries)
+    session.run_thread_callbacks(1)
+    [(batch, mandatory)] = session.batches  # one message for the group commit, routable or not
+    assert not mandatory
+    assert [event.id for event in MetricAddedBatch.model_validate_json(batch).events] == ["a", "b"]
+    for confirm in session.confirms:
+        confirm()
+    assert not any(delivery.acked for delivery in deliveries), "drift's copy is not confirmed yet"
+    session.batch_confirms[0]()
+    assert all(delivery.acked == 1 for delivery in deliveries)
 
 
 def test_a_failed_fsync_takes_the_rows_back_and_a_retry_writes_them_once(joiner, monkeypatch):

@@ -5,7 +5,9 @@ A regressor's row holds numbers (`repr` of floats); a classifier's holds the lab
 as a float where it is a number, else as the label text, so a label's `label_key` survives the
 round trip ("yes" stays "yes"; "1" reads as 1.0, whose key is "1"; see _value_of for the limits).
 
-Only metric writes it, appending and never truncating; plot and the dashboard read it to restore
+With K metric partitions each writes a shard of its own, `logs/metric_log-<I>.csv`, in the same
+format (metric_log_shards lists them all). Only metric writes a log, appending and never truncating,
+and only while it holds the log's ShardLock; plot and the dashboard read every shard to restore
 their state. A row reaches the disk (fsync) before the messages behind it are acked, and each batch
 of rows is one write(2), so a killed writer leaves at most an unfinished last line, which the next
 writer removes (its messages were not acked and come back).
@@ -15,17 +17,21 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import fcntl
 import io
 import logging
 import math
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Generic, Iterable, Iterator, Protocol, TypeVar
 
 import numpy as np
 
 from .ids import IdSet, split_key, uuid_key
+from .partitions import SHARD_PATTERN, UNPARTITIONED_LOG
 
 HEADER = ("id", "y_true", "y_pred", "absolute_error")
 HEADER_LINE = ",".join(HEADER) + "\n"
@@ -91,9 +97,10 @@ def read_rows(path: Path) -> Iterator[MetricRow]:
         yield from _parse(path, _complete_lines(handle), first_line_number=2)
 
 
-def read_ids_and_errors(path: Path, errors: bool = True) -> tuple[IdSet, np.ndarray]:
-    """The distinct ids of the log's complete rows and, if asked, the absolute error of each id's
-    first row: what metric and plot restore at start, in about a tenth of the time of read_rows.
+def read_ids_and_errors(paths: Path | Iterable[Path], errors: bool = True) -> tuple[IdSet, np.ndarray]:
+    """The distinct ids of the log's complete rows (of every log given, e.g. all the shards) and, if
+    asked, the absolute error of each id's first row: what metric and plot restore at start, in about
+    a tenth of the time of read_rows.
 
     Blocks of rows as this module writes them (`<canonical UUID>,<field>,<field>,<float>`, where
     y_true and y_pred are numbers or labels without quotes) are parsed with numpy; any other block
@@ -102,29 +109,11 @@ def read_ids_and_errors(path: Path, errors: bool = True) -> tuple[IdSet, np.ndar
     are there, as read_rows does, but does not parse them.
     """
     highs, lows, error_blocks, others = [], [], [], {}
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        return IdSet(), np.empty(0)
-    with handle:
-        header = handle.readline()
-        if not header:
-            return IdSet(), np.empty(0)
-        _check_header(path, header.decode("utf-8", errors="replace"))
-        line_number, pending = 2, b""
-        for block in iter(lambda: handle.read(_BLOCK_BYTES), b""):
-            pending += block
-            end = pending.rfind(b"\n") + 1
-            if not end:
-                continue
-            complete, pending = pending[:end], pending[end:]  # an unfinished last line stays out
-            parsed = _parse_uuid_block(complete, errors)
-            if parsed is None:
-                parsed = _parse_block_slowly(path, complete, line_number, others)
+    for path in [paths] if isinstance(paths, Path) else paths:
+        for parsed in _parsed_blocks(Path(path), errors, others):
             highs.append(parsed[0])
             lows.append(parsed[1])
             error_blocks.append(parsed[2])
-            line_number += complete.count(b"\n")
     high = np.concatenate(highs or [np.empty(0, np.uint64)])
     low = np.concatenate(lows or [np.empty(0, np.uint64)])
     key_errors = np.concatenate(error_blocks or [np.empty(0)]) if errors else None
@@ -139,6 +128,43 @@ def read_ids_and_errors(path: Path, errors: bool = True) -> tuple[IdSet, np.ndar
         key_errors = np.concatenate([key_errors, np.fromiter(others.values(), dtype=float, count=len(others))])
     release_free_memory()
     return ids, key_errors if errors else np.empty(0)
+
+
+def _parsed_blocks(path: Path, errors: bool, others: dict[str, float]
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        header = handle.readline()
+        if not header:
+            return
+        _check_header(path, header.decode("utf-8", errors="replace"))
+        line_number, pending = 2, b""
+        for block in iter(lambda: handle.read(_BLOCK_BYTES), b""):
+            pending += block
+            end = pending.rfind(b"\n") + 1
+            if not end:
+                continue
+            complete, pending = pending[:end], pending[end:]  # an unfinished last line stays out
+            parsed = _parse_uuid_block(complete, errors)
+            if parsed is None:
+                parsed = _parse_block_slowly(path, complete, line_number, others)
+            yield parsed
+            line_number += complete.count(b"\n")
+
+
+def metric_log_shards(logs_dir: Path) -> list[Path]:
+    """Every metric log in the folder: `metric_log.csv` (unpartitioned) and each partition's
+    `metric_log-<I>.csv`, in partition order; what plot and the dashboard restore from."""
+    logs_dir = Path(logs_dir)
+    numbered = []
+    if logs_dir.is_dir():
+        numbered = sorted((int(match.group(1)), path) for path in logs_dir.iterdir()
+                          if (match := SHARD_PATTERN.fullmatch(path.name)))
+    unpartitioned = logs_dir / UNPARTITIONED_LOG
+    return ([unpartitioned] if unpartitioned.exists() else []) + [path for _, path in numbered]
 
 
 _BLOCK_BYTES = 4 << 20
@@ -318,6 +344,10 @@ class MetricLogTail:
                     complete, pending = pending[:end], pending[end:]
                     yield from self._rows_of(complete)
 
+    def restarted(self) -> MetricLogTail:
+        """A tail of the same log that reads it again from its start."""
+        return MetricLogTail(self.path)
+
     def _rows_of(self, complete: bytes) -> Iterator[MetricRow]:
         lines = _lines_of(complete)
         first_line_number = self._lines_read + 1
@@ -326,6 +356,26 @@ class MetricLogTail:
         yield from _parse(self.path, lines[1:] if first_line_number == 1 else lines, max(first_line_number, 2))
         self._offset += len(complete)
         self._lines_read += len(lines)
+
+
+class ShardedMetricLogTail:
+    """MetricLogTail over every shard of a logs folder (metric_log_shards), new shards included as
+    they appear: `read_new()` yields each shard's rows added since the previous call."""
+
+    def __init__(self, logs_dir: Path):
+        self.logs_dir = Path(logs_dir)
+        self.path = self.logs_dir / "metric_log*.csv"  # for log lines
+        self._tails: dict[Path, MetricLogTail] = {}
+
+    def read_new(self) -> Iterator[MetricRow]:
+        for path in metric_log_shards(self.logs_dir):
+            tail = self._tails.get(path)
+            if tail is None:
+                tail = self._tails[path] = MetricLogTail(path)
+            yield from tail.read_new()
+
+    def restarted(self) -> ShardedMetricLogTail:
+        return ShardedMetricLogTail(self.logs_dir)
 
 
 def _complete_lines(lines: Iterable[str]) -> Iterator[str]:
@@ -425,3 +475,158 @@ class MetricLogWriter:
                 return start + cut + 1
             end = start
         return 0
+
+
+class Logged(Protocol):
+    """What GroupCommitLog writes: anything with its row (metric's scored pairs)."""
+
+    row: MetricRow
+
+
+LoggedT = TypeVar("LoggedT", bound=Logged)
+
+
+@dataclass
+class _Unsynced(Generic[LoggedT]):
+    """One batch written to the log, from byte `start` to `end`, waiting for an fsync past `end`."""
+
+    start: int
+    end: int
+    items: list[LoggedT]
+    ids: list[str]  # the rows it wrote (items already in the log write none)
+
+
+class GroupCommitLog(Generic[LoggedT]):
+    """The durable side of metric's log: writes each batch of rows at once, makes them durable by group
+    commit, takes back the rows of a failed write or fsync, and retries them.
+
+    Group commit: one fsync at a time, on a thread of its own, covering every batch written before it
+    started; batches written meanwhile wait for the next one, so the IO loop never waits for the disk.
+    `on_durable(items)` runs on the IO loop of the session that wrote them once an fsync covers them;
+    `on_written(rows)` with the rows each write added. `check_fence()` runs before each write and raises
+    when this process may no longer write the log (it lost the shard's lock).
+    """
+
+    def __init__(self, writer: MetricLogWriter, session_now: Callable[[], object | None],
+                 on_durable: Callable[[list[LoggedT]], None],
+                 on_written: Callable[[list[MetricRow]], None] = lambda rows: None,
+                 check_fence: Callable[[], None] = lambda: None):
+        self.writer = writer
+        self._session_now = session_now  # its call_threadsafe brings the fsync's outcome back to the IO loop
+        self._on_durable = on_durable
+        self._on_written = on_written
+        self._check_fence = check_fence
+        self._unwritten: list[LoggedT] = []
+        self._unsynced: deque[_Unsynced[LoggedT]] = deque()
+        self._sync_in_flight = False
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
+
+    def write(self, items: list[LoggedT], retrying: bool = False) -> None:
+        if self._unwritten and not retrying:
+            self._unwritten.extend(items)  # the log is failing: they wait for the next retry
+            return
+        self._check_fence()
+        start = self.writer.size
+        try:
+            written = self.writer.append((item.row for item in items), durable=False)
+        except OSError as error:
+            log.error("can't write %s: %s; holding %d rows unacked and retrying every second",
+                      self.writer.path, error, len(items))
+            self._unwritten.extend(items)
+            return
+        self._on_written(written)
+        self._unsynced.append(_Unsynced(start, self.writer.size, items, [row.id for row in written]))
+        self._sync()
+
+    def retry(self) -> None:
+        """Writes again what a failed write or fsync took back; every second, from the IO loop."""
+        if self._unwritten:
+            items, self._unwritten = self._unwritten, []
+            self.write(items, retrying=True)
+
+    def forget_in_flight(self) -> None:
+        """On a lost connection: the items' deliveries come back. Rows written stay (the log keeps one
+        per id), and the redelivered pairs wait for the next fsync."""
+        self._unwritten.clear()
+        self._unsynced.clear()
+        self._sync_in_flight = False
+
+    def close(self) -> None:
+        self._syncer.shutdown(wait=True)
+
+    def _sync(self) -> None:
+        if self._sync_in_flight or not self._unsynced:
+            return
+        self._sync_in_flight = True
+        session = self._session_now()
+        self._syncer.submit(self.writer.sync).add_done_callback(
+            lambda done: session.call_threadsafe(lambda: self._synced(done)))
+
+    def _synced(self, done: Future[int]) -> None:
+        self._sync_in_flight = False
+        try:
+            durable_size = done.result()
+        except OSError as error:
+            failed = list(self._unsynced)
+            self._unsynced.clear()
+            self.writer.roll_back(failed[0].start, [row_id for batch in failed for row_id in batch.ids])
+            items = [item for batch in failed for item in batch.items]
+            log.error("can't sync %s: %s; took back %d rows, holding them unacked and retrying every second",
+                      self.writer.path, error, len(items))
+            self._unwritten.extend(items)
+            return
+        durable = []
+        while self._unsynced and self._unsynced[0].end <= durable_size:
+            durable += self._unsynced.popleft().items
+        if durable:
+            self._on_durable(durable)
+        self._sync()
+
+
+class FenceLost(RuntimeError):
+    """This process no longer holds its shard's lock, so it must not write the shard."""
+
+
+class ShardLock:
+    """The right to write one shard: an exclusive flock(2) on `<shard>.lock`. The kernel frees it the
+    moment its holder dies, so a standby blocked in `acquire()` takes over at once; it is a lock of this
+    machine's kernel (for a local folder, not one shared over NFS between machines)."""
+
+    def __init__(self, shard: Path):
+        self.path = Path(shard).with_name(Path(shard).name + ".lock")
+        self._fd = -1
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def acquire(self, block: bool = True) -> bool:
+        """Takes the lock, waiting for it unless `block` is false; False if another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if block else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def check(self) -> None:
+        """Raises FenceLost unless this process holds the lock, as the kernel sees it (flock on a file
+        already locked through the same descriptor succeeds at once)."""
+        fd = self._fd
+        if fd < 0:
+            raise FenceLost(f"{self.path} is not held: this process must not write the shard")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            raise FenceLost(f"{self.path}: {error}") from None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)

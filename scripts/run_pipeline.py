@@ -9,8 +9,12 @@ r"""Runs the whole pipeline locally: trains the model, then starts every service
 --concept-shift/--concept-from/--concept-sigma) to features; drift watches for it and writes
 logs/alerts.jsonl. When the model card says classification, metric and the dashboard
 run with TASK=classification. --external-model leaves the `model` service out: a model of your own
-publishes the predictions. Retrain while it runs by running learn_model again with the same flags
-in another console; the model service swaps to the new version.
+publishes the predictions; --model-replicas N starts N model processes sharing the `features`
+queue (replica k >= 2 as model-k, /metrics on 9120 + k). Retrain while it runs by running
+learn_model again with the same flags in another console; each model process swaps to the new version.
+--partitions K starts metric partitions 0..K-1 (metric-I, writing logs/metric_log-I.csv), --standby a
+hot standby beside each (metric-I-standby; metric-standby when K = 1); /metrics on 9140 + n for all
+but the first, which keeps metric's 9103.
 
 Each service is started exactly as the README's per-service commands do
 (`<python> <service>/src/<service>.py`), from the repository root, with this process's
@@ -33,6 +37,8 @@ CONSUMERS = ("model", "metric", "plot")
 OPTIONAL_SERVICES = ("drift", "dashboard")
 # Each service's Prometheus /metrics port, as in docker-compose.yml (the dashboard serves its own on 8000).
 METRICS_PORTS = {"features": "9101", "model": "9102", "metric": "9103", "plot": "9104", "drift": "9105"}
+MODEL_REPLICA_PORT_BASE = 9120  # model replica k >= 2 serves /metrics on 9120 + k; the first keeps model's 9102
+METRIC_PORT_BASE = 9140  # metric process n >= 1 (partitions, standbys) serves /metrics on 9140 + n
 
 
 def script_of(service: str) -> Path:
@@ -52,17 +58,21 @@ class Pipeline:
     def command(self, service: str, args: list[str] = ()) -> list[str]:
         return [self.python, str(script_of(service)), *args]
 
-    def start(self, service: str, args: list[str] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, service: str, args: list[str] = (), env: dict[str, str] | None = None,
+              name: str | None = None) -> subprocess.Popen:
+        """Starts `service`; `name` (default: the service) tells several processes of one service apart,
+        e.g. model replicas: it keys `processes` and names the output file."""
+        name = name or service
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            stdout = open(self.output_dir / f"{service}.log", "ab")
+            stdout = open(self.output_dir / f"{name}.log", "ab")
         else:
             stdout = None
         process = subprocess.Popen(self.command(service, list(args)), cwd=ROOT, env={**self.env, **(env or {})},
                                    stdout=stdout, stderr=subprocess.STDOUT)
         if stdout is not None:
             stdout.close()
-        self.processes[service] = process
+        self.processes[name] = process
         return process
 
     def run_to_end(self, service: str, args: list[str] = (), timeout: float = 300) -> int:
@@ -133,23 +143,54 @@ def service_env(service: str, task: str | None) -> dict[str, str]:
     return {**metrics_env(service), **task_env}
 
 
+def model_replicas(count: int) -> list[tuple[str, dict[str, str]]]:
+    """(process name, env) of each of `count` model processes sharing `features`: the first is `model`
+    as without replicas; replica k is `model-k`, with a /metrics port and log lines of its own."""
+    return [("model", {})] + [(f"model-{k}", {"METRICS_PORT": str(MODEL_REPLICA_PORT_BASE + k),
+                                              "LOG_NAME": f"model-{k}"}) for k in range(2, count + 1)]
+
+
+def metric_processes(partitions: int, standby: bool) -> list[tuple[str, dict[str, str]]]:
+    """(process name, env) of each metric process: the actives of partitions 0..K-1, then a standby of
+    each when asked. With K = 1 and no standby, `metric` alone, as without partitions."""
+    names = ["metric"] if partitions == 1 else [f"metric-{partition}" for partition in range(partitions)]
+    names += [f"{name}-standby" for name in names] if standby else []
+    processes = []
+    for n, name in enumerate(names):
+        env = {"METRIC_PARTITIONS": str(partitions), "METRIC_PARTITION": str(n % partitions), "LOG_NAME": name}
+        if n:
+            env["METRICS_PORT"] = str(METRIC_PORT_BASE + n)
+        processes.append((name, env if (partitions, standby) != (1, False) else {}))
+    return processes
+
+
+def dashboard_upstreams(replicas: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+    """The dashboard reads 9101-9105 by default; with model replicas, their ports too, unless
+    UPSTREAM_METRICS says otherwise."""
+    extra = [env["METRICS_PORT"] for _, env in replicas if "METRICS_PORT" in env]
+    if not extra or os.environ.get("UPSTREAM_METRICS"):
+        return {}
+    ports = [*METRICS_PORTS.values(), *extra]
+    return {"UPSTREAM_METRICS": ",".join(f"http://localhost:{port}/metrics" for port in ports)}
+
+
 def wait_for_drift_queues(pipeline: Pipeline, timeout: float = 30.0) -> bool:
     """Waits until drift has declared its queues (only it does, at start), so that it sees the first
     events too; gives up, with one line, when drift dies or takes longer than `timeout`."""
     import pika
 
     from mlmonitor.settings import DEFAULT_AMQP_URL
-    from mlmonitor.tls import connection_parameters
-    from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTIONS
+    from mlmonitor.tls import connection_candidates
+    from mlmonitor.topology import DRIFT_QUEUES
 
-    parameters = connection_parameters(pipeline.env.get("AMQP_URL") or DEFAULT_AMQP_URL)
+    parameters = connection_candidates(pipeline.env.get("AMQP_URL") or DEFAULT_AMQP_URL)  # any node of a cluster
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and "drift" not in pipeline.dead():
         try:
             connection = pika.BlockingConnection(parameters)
             try:
                 channel = connection.channel()
-                for queue in (DRIFT_PREDICTIONS, DRIFT_EVENTS):
+                for queue in DRIFT_QUEUES:
                     channel.queue_declare(queue, passive=True)  # a missing queue closes the channel
                 return True
             finally:
@@ -183,7 +224,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concept-sigma", help="features: residual standard deviation (default: from the card)")
     parser.add_argument("--external-model", action="store_true",
                         help="don't start the model service: a model of your own publishes y_pred")
-    return parser.parse_args(argv)
+    parser.add_argument("--model-replicas", type=int, default=int(os.environ.get("MODEL_REPLICAS", "1")),
+                        help="model processes sharing the features queue (default 1)")
+    parser.add_argument("--partitions", type=int, default=int(os.environ.get("METRIC_PARTITIONS", "1")),
+                        help="metric: partitions of the join, each with its own process and log (default 1)")
+    parser.add_argument("--standby", action="store_true", help="metric: start a hot standby for each partition")
+    args = parser.parse_args(argv)
+    if args.partitions < 1:
+        parser.error("--partitions must be at least 1")
+    if args.model_replicas < 1:
+        parser.error("--model-replicas must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,13 +256,24 @@ def main(argv: list[str] | None = None) -> int:
     task = trained_task(pipeline.env)
     consumers = [name for name in CONSUMERS if not (args.external_model and name == "model")]
     services = consumers + [name for name in OPTIONAL_SERVICES if script_of(name).exists()]
+    replicas = model_replicas(args.model_replicas) if "model" in services else []
     for service in services:
-        pipeline.start(service, env=service_env(service, task))
+        if service == "model":
+            for name, replica_env in replicas:
+                pipeline.start(service, env={**service_env(service, task), **replica_env}, name=name)
+        elif service == "metric":
+            for name, metric_env in metric_processes(args.partitions, args.standby):
+                pipeline.start(service, env={**service_env(service, task), **metric_env}, name=name)
+        elif service == "dashboard":
+            pipeline.start(service, env={**service_env(service, task), **dashboard_upstreams(replicas)})
+        else:
+            pipeline.start(service, env=service_env(service, task))
     if "drift" in services:
         wait_for_drift_queues(pipeline)
     features = pipeline.start("features", features_args(args), env=metrics_env("features"))
-    print(f"run_pipeline: started {', '.join(services + ['features'])}; Ctrl-C stops them all", flush=True)
-    ports = ", ".join(f"{name} :{port}" for name, port in METRICS_PORTS.items() if name in services + ["features"])
+    print(f"run_pipeline: started {', '.join(list(pipeline.processes))}; Ctrl-C stops them all", flush=True)
+    ports = ", ".join([f"{name} :{port}" for name, port in METRICS_PORTS.items() if name in services + ["features"]]
+                      + [f"{name} :{env['METRICS_PORT']}" for name, env in replicas if "METRICS_PORT" in env])
     dashboard_url = f"http://localhost:{os.environ.get('DASHBOARD_PORT', '8000')}/"
     dashboard = f"; dashboard on {dashboard_url}" if "dashboard" in services else ""
     print(f"run_pipeline: Prometheus /metrics on {ports}{dashboard}", flush=True)

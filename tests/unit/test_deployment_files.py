@@ -498,12 +498,31 @@ def test_secrets_are_git_ignored():
         assert "password_hash" not in text, f"{path.name}: a password hash"
 
 
+def _replicated(svc: dict) -> bool:
+    return "replicas" in (svc.get("deploy") or {})
+
+
 @app_services
 def test_metrics_port_is_published(name):
     port = _env(_service(name)).get("METRICS_PORT", "0")
     if port in ("", "0"):
         pytest.skip(f"{name} has no metrics port")
+    if _replicated(_service(name)):
+        pytest.skip(f"{name} runs as replicas: Prometheus scrapes each on the compose network")
     assert (port, port) in _published(_service(name)), f"{name}: METRICS_PORT {port} is not published as {port}:{port}"
+
+
+def test_model_runs_as_model_replicas_replicas_one_by_default():
+    replicas = str(_service("model")["deploy"]["replicas"])
+    assert "MODEL_REPLICAS" in replicas and _interpolate(replicas) == "1", f"model: deploy.replicas is {replicas!r}"
+
+
+@pytest.mark.parametrize("name", sorted(name for name, svc in SERVICES.items() if _replicated(svc)))
+def test_nothing_stops_a_replicated_service_from_running_twice(name):
+    svc = _service(name)
+    assert "container_name" not in svc and "hostname" not in svc, f"{name}: a fixed name can't be given to two replicas"
+    fixed = [host for host, _ in _published(svc) if host and "-" not in host]
+    assert not fixed, f"{name} publishes host port(s) {fixed}: a second replica could not bind them"
 
 
 def test_host_ports_are_unique():

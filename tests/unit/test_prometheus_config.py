@@ -17,8 +17,10 @@ def compose() -> dict:
 
 
 def scrape_targets() -> dict[str, list[str]]:
+    """Job -> host:port targets, static or found by DNS (every replica of a compose service)."""
     config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
-    return {job["job_name"]: [target for static in job["static_configs"] for target in static["targets"]]
+    return {job["job_name"]: [target for static in job.get("static_configs", []) for target in static["targets"]]
+            + [f"{name}:{dns['port']}" for dns in job.get("dns_sd_configs", []) for name in dns["names"]]
             for job in config["scrape_configs"]}
 
 
@@ -48,6 +50,15 @@ def test_every_target_is_a_compose_service_on_a_port_it_serves():
             host, port = target.rsplit(":", 1)
             assert host in services, f"job {job}: {host} is not a compose service"
             assert ports.get(host) == port, f"job {job}: {host} serves /metrics on {ports.get(host)}, not {port}"
+
+
+def test_replicated_services_are_scraped_on_every_replica():
+    jobs = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    found_by_dns = {name for job in jobs for dns in job.get("dns_sd_configs", []) if dns.get("type") == "A"
+                    for name in dns["names"]}
+    replicated = {name for name, service in compose()["services"].items() if "replicas" in (service.get("deploy") or {})}
+    assert "model" in replicated
+    assert replicated <= found_by_dns, f"scraped on one replica only: {sorted(replicated - found_by_dns)}"
 
 
 def test_prometheus_service_mounts_this_config():

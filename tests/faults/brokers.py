@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker import BROKER_HOST, BROKER_PORT
-from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTIONS
+from mlmonitor.topology import DRIFT_QUEUES  # noqa: F401 (declared by drift alone, at its start)
 from waiting import wait_until
 
 WORK_QUEUES = ("features", "y_true", "y_pred", "metric_added")
-DRIFT_QUEUES = (DRIFT_PREDICTIONS, DRIFT_EVENTS)  # declared by drift alone, at its start
 
 
 def free_port() -> int:
@@ -75,6 +74,11 @@ class Broker:
         self.port = port
         self._ctl = ctl
         self._env = env
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The AMQP ports of its nodes: a service's connections may go to any."""
+        return (self.port,)
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         return subprocess.run([*self._ctl, "-q", *args], check=True, capture_output=True, text=True, timeout=timeout,
@@ -267,3 +271,133 @@ class PrivateBroker(Broker):
             except (OSError, RuntimeError, ValueError):
                 self._server.kill()
                 self._server.wait(30)
+
+
+CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rabbitmq_cluster.sh"
+
+
+def free_port_block(candidates=range(5700, 6000, 10)) -> int:
+    """A first AMQP port for the suite's cluster: its three AMQP ports, their distribution ports (+20000) and the
+    script's rabbitmqctl ports (+30100 …) all free, and none of them the integration tests' cluster's (5681-5683)."""
+    def free(port: int) -> bool:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                return False
+
+    for first in candidates:
+        if all(free(first + offset) for offset in (0, 1, 2, 20000, 20001, 20002, 30100, 30101)):
+            return first
+    raise RuntimeError("no free ports for the fault suite's cluster")
+
+
+class ClusterBroker(Broker):
+    """A three-node cluster of the suite's own (scripts/rabbitmq_cluster.sh with its own folder, node names and
+    ports), apart from the integration tests' cluster at 5681-5683: the only cluster the suite kills nodes of.
+    `url` names every node; rabbitmqctl goes to a node that runs."""
+
+    NODES = (1, 2, 3)
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.name = f"faults-{uuid.uuid4().hex[:6]}"
+        self.first_port = free_port_block()
+        super().__init__(self.first_port, [str(CLUSTER_SCRIPT), "ctl"],
+                         {**os.environ, "MLMONITOR_CLUSTER_DIR": str(directory),
+                          "MLMONITOR_CLUSTER_PORT": str(self.first_port), "MLMONITOR_CLUSTER_NAME": self.name})
+
+    def script(self, *args: str, timeout: float = 300) -> str:
+        return subprocess.run([str(CLUSTER_SCRIPT), *args], check=True, capture_output=True, text=True,
+                              timeout=timeout, env=self._env).stdout
+
+    def up(self) -> float:
+        """Starts whichever node is down and waits until all three are clustered; returns when (monotonic)."""
+        self.script("up")
+        return time.monotonic()
+
+    def down(self) -> None:
+        self.script("down")
+
+    def node_pids(self) -> dict[int, int | None]:
+        """Node number -> its beam.smp's OS pid, or None while it is down."""
+        lines = self.script("status", timeout=60).splitlines()
+        return {number: None if line.split()[2] == "down" else int(line.split()[2])
+                for number, line in zip(self.NODES, lines)}
+
+    def node_name(self, node: int) -> str:
+        return f"{self.name}-{node}@localhost"
+
+    # each rabbitmqctl call boots an Erlang VM: a minute is not always enough on 2 busy cores
+    def ctl_on(self, node: int, *args: str, timeout: float = 180) -> str:
+        return self.script("ctl", str(node), "-q", *args, timeout=timeout)
+
+    def ctl(self, *args: str, timeout: float = 180) -> str:
+        running = [node for node, pid in self.node_pids().items() if pid is not None]
+        if not running:
+            raise RuntimeError(f"every node of the cluster {self.name} is down")
+        return self.ctl_on(running[0], *args, timeout=timeout)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(self.first_port + node - 1 for node in self.NODES)
+
+    def url(self, vhost: str, query: str = "", port: int | None = None) -> str:
+        suffix = f"/{vhost}{'?' + query if query else ''}"
+        return ",".join(f"amqp://guest:guest@{self.host}:{node_port}{suffix}" for node_port in self.ports)
+
+    def leader_of(self, vhost: str, queue: str) -> int:
+        """The number of the node leading quorum queue `queue`."""
+        listing = self.ctl("list_queues", "-p", vhost, "--no-table-headers", "name", "leader")
+        leaders = dict(line.split() for line in listing.splitlines() if line.strip())
+        return next(node for node in self.NODES if self.node_name(node) == leaders[queue])
+
+    def online_members(self, vhost: str, queue: str) -> int:
+        """How many of the queue's members run (its `online` list)."""
+        listing = self.ctl("list_queues", "-p", vhost, "--no-table-headers", "name", "online")
+        for line in listing.splitlines():
+            name, _, online = line.partition("\t")
+            if name == queue:
+                return online.count("@")
+        return 0
+
+    def kill_node(self, node: int) -> None:
+        """SIGKILLs the node's beam.smp, as a crash or OOM kill would, and waits until it is gone."""
+        pid = self.node_pids()[node]
+        if pid is None:
+            raise RuntimeError(f"{self.node_name(node)} is already down")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not _alive(pid), 60, interval=0.05,
+                   message=f"{self.node_name(node)} to die")
+
+    def start_node(self, node: int) -> float:
+        """Starts one node that was clustered before, as the script's `up` does, without `up`'s rabbitmqctl
+        checks of the other nodes (a minute or more on 2 busy cores); returns when (monotonic) it listens."""
+        node_dir = self.directory / f"node-{node}"
+        server = rabbitmq_scripts() / "rabbitmq-server"  # not /usr/sbin's wrapper, which would switch users
+        with open(node_dir / "log" / "startup.log", "ab") as output:
+            subprocess.Popen([str(server)], cwd=node_dir, stdin=subprocess.DEVNULL, stdout=output,
+                             stderr=subprocess.STDOUT, start_new_session=True,
+                             env={**self._env, "HOME": str(self.directory),
+                                  "RABBITMQ_CONF_ENV_FILE": str(node_dir / "rabbitmq-env.conf")})
+        wait_until(lambda: answers(self.ports[node - 1]), 180, interval=0.05,
+                   message=f"{self.node_name(node)} to listen")
+        return time.monotonic()
+
+    def stop_node(self, node: int) -> tuple[float, subprocess.Popen]:
+        """Starts `rabbitmqctl stop` on the node; returns when (monotonic) its AMQP port stopped answering
+        (the node closes its clients' connections first, then stops its queues) and the stop command, to wait for."""
+        stopping = subprocess.Popen([str(CLUSTER_SCRIPT), "ctl", str(node), "-q", "stop"], env=self._env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        port = self.ports[node - 1]
+        wait_until(lambda: not answers(port), 180, interval=0.05, message=f"{self.node_name(node)} to stop listening")
+        return time.monotonic(), stopping
+
+
+def _alive(pid: int) -> bool:
+    """Runs, neither gone nor a zombie nobody reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -27,7 +27,10 @@ from checks import (ALERTS, DRIFT_IDS, DRIFT_STATE, check_alerts, check_dead_let
                     check_rows, count_lines, parse_metric_log, read_confirmed, read_drift_counts,
                     unexpected_tracebacks)
 from mlmonitor.topology import DRIFT, RECENT_ALERTS, declare
-from run_pipeline import Pipeline
+from mlmonitor.metric_log import metric_log_shards
+from mlmonitor.partitions import partition_of
+from mlmonitor.topology import partition_queue
+from run_pipeline import Pipeline, metric_processes, model_replicas
 from tcp_proxy import TcpProxy
 
 SERVICES = ("features", "model", "metric", "plot", "drift")
@@ -104,7 +107,8 @@ class Result:
 class ScenarioRun:
     def __init__(self, name: str, broker: Broker, workdir: Path, models_dir: Path, events: int, rate: float,
                  rng: random.Random, known_pairs, histogram_factory, url_query: str = "", proxied: bool = False,
-                 logs_on_tmpfs: str | None = None, max_backlog: int | None = None):
+                 logs_on_tmpfs: str | None = None, max_backlog: int | None = None, replicas: int = 1,
+                 queue_type: str | None = None, metric_partitions: int = 1, metric_standby: bool = False):
         self.name = name
         self.max_backlog = max_backlog
         self.broker = broker
@@ -135,8 +139,28 @@ class ScenarioRun:
         for service in SERVICES:
             port = self.proxies[service].port if proxied else None
             env = {"AMQP_URL": broker.url(self.vhost, url_query, port), "LOGS_DIR": str(self.logs_dir),
-                   "MODELS_DIR": str(models_dir)}
+                   "MODELS_DIR": str(models_dir), **({"QUEUE_TYPE": queue_type} if queue_type else {})}
             self.pipelines[service] = Pipeline(env=env, output_dir=self.dir / "output")
+        # model processes sharing `features`, as run_pipeline --model-replicas starts them: model, model-2, ...
+        self.model_processes = [name for name, _ in model_replicas(replicas)]
+        self._replica_env = {name: {"LOG_NAME": env["LOG_NAME"]} for name, env in model_replicas(replicas)
+                             if "LOG_NAME" in env}
+        for replica in self._replica_env:
+            self.pipelines[replica] = Pipeline(env=self.pipelines["model"].env, output_dir=self.dir / "output")
+        # metric processes, as run_pipeline --partitions K [--standby] starts them: metric-0, metric-0-standby, ...
+        # (no /metrics port: other runs on this machine may hold run_pipeline's)
+        self.metric_partitions = metric_partitions
+        self.metric_processes = [name for name, _ in metric_processes(metric_partitions, metric_standby)]
+        self._metric_env = {name: {key: value for key, value in env.items() if key != "METRICS_PORT"}
+                            for name, env in metric_processes(metric_partitions, metric_standby) if env}
+        for name in self._metric_env:
+            self.pipelines[name] = Pipeline(env=self.pipelines["metric"].env, output_dir=self.dir / "output")
+        metrics = tuple(self._metric_env) or ("metric",)
+        self.consumers = tuple(c for c in CONSUMERS if c != "metric") + metrics + tuple(self._replica_env)
+        self.services = ("features",) + self.consumers
+        self.work_queues = WORK_QUEUES + tuple(
+            partition_queue(queue, partition, metric_partitions) for queue in ("y_true", "y_pred")
+            for partition in range(metric_partitions) if metric_partitions > 1)
         self._features_exit_codes: list[int] = []
 
     # --- progress ---------------------------------------------------------------------------
@@ -144,8 +168,21 @@ class ScenarioRun:
     def queue_depth(self, queue: str) -> int:
         return queue_depth(self.broker.url(self.vhost), queue)
 
-    def rows(self) -> int:
-        return max(0, count_lines(self.csv_path) - 1)
+    def shards(self) -> list[Path]:
+        """metric_log.csv, or each partition's metric_log-I.csv"""
+        return metric_log_shards(self.logs_dir)
+
+    def rows(self, shard: Path | None = None) -> int:
+        return sum(max(0, count_lines(path) - 1) for path in ([shard] if shard else self.shards()))
+
+    def parse_rows(self) -> tuple[list, list[str]]:
+        """The rows of every shard, and every line that is not a row (named by its shard when partitioned)."""
+        rows, bad = [], []
+        for path in self.shards():
+            shard_rows, shard_bad = parse_metric_log(path)
+            rows += shard_rows
+            bad += [f"{path.name} {line}" for line in shard_bad] if self.metric_partitions > 1 else shard_bad
+        return rows, bad
 
     def plotted(self) -> int:
         try:
@@ -214,7 +251,7 @@ class ScenarioRun:
     # --- services ---------------------------------------------------------------------------
 
     def process(self, service: str) -> subprocess.Popen:
-        return self.pipelines[service].processes[service]
+        return self.pipelines[service].processes[service]  # a model replica is named for itself, e.g. model-2
 
     def start(self, service: str) -> None:
         args: list[str] = []
@@ -226,13 +263,18 @@ class ScenarioRun:
                     "--confirmed-ids-file", str(self.confirmed_path)]
             if self.max_backlog is not None:
                 args += ["--max-backlog", str(self.max_backlog)]
-        self.pipelines[service].start(service, args)
+        if service in self._replica_env:
+            self.pipelines[service].start("model", args, env=self._replica_env[service], name=service)
+        elif service in self._metric_env:
+            self.pipelines[service].start("metric", args, env=self._metric_env[service], name=service)
+        else:
+            self.pipelines[service].start(service, args)
         self.journal(f"started {service} {' '.join(args)}")
 
     def start_all(self, wait_for_drift: bool = True) -> None:
         """Starts every service; features once drift has declared its queues (they are drift's alone),
         unless `wait_for_drift` is False (the broker is down: the scenario declared them before)."""
-        for service in CONSUMERS:
+        for service in self.consumers:
             self.start(service)
         def declared_or_dead() -> bool:
             return self.drift_queues_declared() or self.process("drift").poll() is not None
@@ -261,14 +303,26 @@ class ScenarioRun:
             return True  # done, or killed after its last confirm: nothing to reconnect
         if process.poll() is not None:
             return False
-        port = self.proxies[service].port if self.proxies else self.broker.port
-        return established_to(process.pid, port) >= 2
+        ports = [self.proxies[service].port] if self.proxies else self.broker.ports
+        return sum(established_to(process.pid, port) for port in ports) >= 2
+
+    def active_metric(self, partition: int) -> str | None:
+        """The metric process of `partition` that holds its shard's lock (/proc/locks; a waiter's line starts
+        with "->"), or None while none does."""
+        try:
+            inode = os.stat(self.logs_dir / f"metric_log-{partition}.csv.lock").st_ino
+        except FileNotFoundError:
+            return None
+        holders = {int(fields[4]) for fields in (line.split() for line in Path("/proc/locks").read_text().splitlines())
+                   if len(fields) > 5 and fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode}
+        return next((name for name in self._metric_env if self._metric_env[name]["METRIC_PARTITION"] == str(partition)
+                     and self.process(name).poll() is None and self.process(name).pid in holders), None)
 
     def features_done(self) -> bool:
         process = self.pipelines["features"].processes.get("features")
         return process is not None and process.poll() == 0 and self.confirmed() >= self.events
 
-    def _stream_done(self) -> bool:
+    def stream_done(self) -> bool:
         return self.features_done() and self.rows() >= self.confirmed()
 
     def recovered(self, description: str, healed_at: float, victims=SERVICES, watch=("rows",),
@@ -278,19 +332,19 @@ class ScenarioRun:
         fault = Fault(description)
         self.result.faults.append(fault)
         self.journal(f"healed: {description}")
-        if self._stream_done():
+        if self.stream_done():
             self.result.notes.append(f"{description} came after the stream had ended")
         deadline = healed_at + timeout
-        if not wait_for(lambda: all(self.connected(service) for service in victims) or self._stream_done(),
+        if not wait_for(lambda: all(self.connected(service) for service in victims) or self.stream_done(),
                         deadline - time.monotonic(), "reconnect"):
             self.result.problems.append(f"after {description}: {', '.join(victims)} not all connected "
                                         f"within {timeout}s")
             return fault
         counts = {"rows": self.rows, "plot": self.plotted, "confirmed": self.confirmed, "drift": self.drift_counted}
         before = {name: counts[name]() for name in watch}
-        done = {"rows": self._stream_done, "confirmed": self.features_done,
-                "plot": lambda: self._stream_done() and self.plotted() >= self.rows(),
-                "drift": lambda: self._stream_done() and self.drift_counted() >= 2 * self.rows()}
+        done = {"rows": self.stream_done, "confirmed": self.features_done,
+                "plot": lambda: self.stream_done() and self.plotted() >= self.rows(),
+                "drift": lambda: self.stream_done() and self.drift_counted() >= 2 * self.rows()}
         pending = set(watch)
 
         def progressed() -> bool:
@@ -339,16 +393,24 @@ class ScenarioRun:
                  "features.0"),
                 (json.dumps({"body": 150.0, "features": ten, "tag": f"{tag}-d6"}), "id:"),
                 (json.dumps({"id": f"{tag}-d7", "features": ten}), "body:")],
-            "metric_added.drift": [
+            "metric_batches.drift": [
                 (f"\xff\xfe {tag}-e1", "message:"),
-                (json.dumps({"id": f"{tag}-e2", "y_true": 151.0, "y_pred": 140.0}), "absolute_error:"),
-                (json.dumps({"id": f"{tag}-e3", "y_true": "a label", "y_pred": 140.0, "absolute_error": 1.0}),
-                 "y_true:"),
-                (json.dumps({"id": f"{tag}-e4", "y_true": 151.0, "y_pred": 140.0, "absolute_error": -11.0}),
-                 "absolute_error:"),
-                ('{"id": "%s-e5", "y_true": Infinity, "y_pred": 140.0, "absolute_error": 1.0}' % tag, "y_true:"),
-                (json.dumps({"id": None, "y_true": 151.0, "y_pred": 140.0, "absolute_error": 11.0,
-                             "tag": f"{tag}-e6"}), "id:")],
+                (json.dumps({"events": [{"id": f"{tag}-e2", "y_true": 151.0, "y_pred": 140.0}]}),
+                 "events.0.absolute_error:"),
+                (json.dumps({"events": [{"id": f"{tag}-e3", "y_true": "a label", "y_pred": 140.0,
+                                         "absolute_error": 1.0}]}), "events.0 (id "),
+                (json.dumps({"events": [{"id": f"{tag}-e4", "y_true": 151.0, "y_pred": 140.0,
+                                         "absolute_error": -11.0}]}), "events.0.absolute_error:"),
+                ('{"events": [{"id": "%s-e5", "y_true": Infinity, "y_pred": 140.0, "absolute_error": 1.0}]}' % tag,
+                 "events.0.y_true:"),
+                (json.dumps({"events": [{"id": None, "y_true": 151.0, "y_pred": 140.0, "absolute_error": 11.0}],
+                             "tag": f"{tag}-e6"}), "events.0.id:"),
+                (json.dumps({"events": [], "tag": f"{tag}-e7"}), "events:")],
+            "prediction_batches.drift": [
+                (f"not json {tag}-b1", "message:"),
+                (json.dumps({"predictions": [{"id": f"{tag}-b2", "body": 150.0, "features": [0.1, 0.2]}]}),
+                 "predictions.0 (id "),
+                (json.dumps({"predictions": {"id": f"{tag}-b3"}}), "predictions:")],
         }
         url = self.broker.url(self.vhost)
         self.journal(f"injecting malformed messages {tag}-* at {self.rows()} rows")
@@ -404,21 +466,21 @@ class ScenarioRun:
         except subprocess.TimeoutExpired:
             result.problems.append(f"features still running; {self.confirmed()} of {self.events} confirmed")
         confirmed = read_confirmed(self.confirmed_path)
-        if not wait_for(lambda: set(confirmed) <= {row.id for row in parse_metric_log(self.csv_path)[0]}, 120,
+        if not wait_for(lambda: set(confirmed) <= {row.id for row in self.parse_rows()[0]}, 120,
                         "every confirmed id in the CSV", interval=0.5):
             result.notes.append("not every confirmed id had a row after 120s")
-        work = set(WORK_QUEUES)
+        work = set(self.work_queues)
         drained = wait_for(lambda: not any(count for queue, count in self.broker.messages(self.vhost).items()
                                            if queue in work), 60, "work queues drained", interval=0.5)
         if not wait_for(lambda: self.plotted() >= self.rows(), 60, "plot to draw every row", interval=0.2):
             result.problems.append(f"plot drew {self.plotted()} of {self.rows()} rows after 60s")
         drift_caught_up = self._wait_for_drift()
-        for service in CONSUMERS:
+        for service in self.consumers:
             if self.process(service).poll() is not None:
                 result.problems.append(f"{service} died with {self.process(service).returncode}")
             elif not wait_for(lambda: self.connected(service), 60, f"{service} connected"):
                 result.problems.append(f"{service} not connected at the end")  # so SIGTERM finds it started
-        for service in CONSUMERS:
+        for service in self.consumers:
             code = self._terminate(service)
             if code != 0:
                 result.problems.append(f"{service} exited with {code} on SIGTERM")
@@ -457,7 +519,7 @@ class ScenarioRun:
         is acked at once or a tick later, so anything else is a problem."""
         features_killed = any(code == -signal.SIGKILL for code in self._features_exit_codes)
         url = self.broker.url(self.vhost)
-        for queue in WORK_QUEUES:
+        for queue in self.work_queues:
             for body, _ in drain(url, queue):
                 try:
                     event_id = str(json.loads(body)["id"])
@@ -484,7 +546,7 @@ class ScenarioRun:
 
     def _check(self, confirmed: dict[str, float]) -> None:
         result = self.result
-        rows, malformed_lines = parse_metric_log(self.csv_path)
+        rows, malformed_lines = self.parse_rows()
         verdict = check_rows(rows, malformed_lines, confirmed, self._known_pairs)
         result.published, result.rows = verdict.published, verdict.rows
         result.lost, result.duplicated = len(verdict.lost), len(verdict.duplicated)
@@ -501,14 +563,25 @@ class ScenarioRun:
                                        f"e.g. {verdict.unrecorded[0]}")
         result.problems += check_plot(self.logs_dir, rows, self._histogram_factory)
         url = self.broker.url(self.vhost)
-        found = {queue: drain(url, f"{queue}.dlq") for queue in WORK_QUEUES + DRIFT_QUEUES}
+        found = {queue: drain(url, f"{queue}.dlq") for queue in self.work_queues + DRIFT_QUEUES}
         result.dead_lettered, dlq_problems = check_dead_letters(found, self.expected_dead_letters,
                                                                 self.expected_reasons)
         result.problems += dlq_problems[:10]
         self._check_drift([row.id for row in rows])
-        for service in SERVICES:
+        if self.metric_partitions > 1:
+            result.problems += self._rows_in_the_wrong_shard()[:5]
+        for service in self.services:
             for ending in unexpected_tracebacks(self.output(service))[:3]:
                 result.problems.append(f"{service} logged a traceback: {ending}")
+
+    def _rows_in_the_wrong_shard(self) -> list[str]:
+        wrong = []
+        for partition in range(self.metric_partitions):
+            path = self.logs_dir / f"metric_log-{partition}.csv"
+            wrong += [f"{row.id} in {path.name}, partition {partition_of(row.id, self.metric_partitions)}'s id"
+                      for row in parse_metric_log(path)[0]
+                      if partition_of(row.id, self.metric_partitions) != partition]
+        return wrong
 
     def _check_drift(self, row_ids: list[str]) -> None:
         result = self.result

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from harness import CONSUMERS, SERVICES, ScenarioRun, established_to, wait_for
+from harness import CONSUMERS, SERVICES, Fault, ScenarioRun, established_to, wait_for
 
 WATCH = {"features": "confirmed", "model": "rows", "metric": "rows", "plot": "plot", "drift": "drift"}
 EVERYTHING = ("confirmed", "rows", "plot", "drift")
@@ -36,6 +36,118 @@ def kill(victim: str) -> Callable[[ScenarioRun, int], None]:
             run.start(victim)
             run.recovered(f"SIGKILL {victim}", healed, (victim,), watches([victim]))
     return inject
+
+
+def kill_a_model_replica(run: ScenarioRun, repeats: int) -> None:
+    """Two model processes share `features`; one of them, drawn each time, is SIGKILLed mid-stream and
+    restarted. Its unacked features go to the other, which predicts them again: metric drops the
+    second prediction of a pair, so nothing is lost or written twice."""
+    for moment in run.random_moments(repeats):
+        run.at_fraction(moment)
+        victim = run.rng.choice(run.model_processes)
+        run.kill(victim)
+        killed = time.monotonic()
+        run.start(victim)
+        # the other replica carries the stream meanwhile: progress counts from the kill, not the restart
+        run.recovered(f"SIGKILL {victim} of {len(run.model_processes)} model processes", killed, (), ("rows",))
+        if not wait_for(lambda: run.connected(victim), 120, f"{victim} back"):  # both up before the next kill
+            run.result.problems.append(f"{victim} not connected again within 120s of its restart")
+    for process in run.model_processes:  # competing consumers: each took a share of the stream
+        if "predicted " not in run.output(process):
+            run.result.problems.append(f"{process} predicted nothing: the replicas did not share features")
+
+
+def cluster_node_killed(run: ScenarioRun, repeats: int) -> None:
+    """On the suite's three-node cluster: a node's beam.smp SIGKILLed mid-stream, first the node leading
+    `y_true` at that moment, then another; the services on it move to the others and every quorum queue
+    keeps its majority. Recovery counts from the kill. The node is started again, and the next kill waits
+    until it is back in `y_true`'s members (two down at once would take the majority)."""
+    cluster = run.broker
+    killed_before: list[int] = []
+    # early moments, in a long stream: a restart took up to a minute on 2 busy cores, and the second kill must
+    # still come while the stream flows
+    for round_number, moment in enumerate(run.random_moments(repeats, 0.05, 0.3)):
+        # asked before the moment: a rabbitmqctl call can take a minute under load, and a quorum queue's
+        # leader only moves when its node fails, which nothing does in between
+        leader = cluster.leader_of(run.vhost, "y_true")
+        followers = [n for n in cluster.NODES if n != leader]
+        node = leader if round_number % 2 == 0 else run.rng.choice(
+            [n for n in followers if n not in killed_before] or followers)
+        killed_before.append(node)
+        role = "the leader" if node == leader else "a follower"
+        run.at_fraction(moment)
+        cluster.kill_node(node)
+        killed = time.monotonic()
+        run.journal(f"SIGKILLed the beam.smp of node {node}, {role} of y_true, at {run.rows()} rows")
+        run.recovered(f"SIGKILL node {node} ({role} of y_true)", killed, run.services, EVERYTHING)
+        listening = cluster.start_node(node) - killed
+        run.journal(f"node {node} listens again {listening:.1f}s after its kill")
+        if not wait_for(lambda: cluster.online_members(run.vhost, "y_true") == len(cluster.NODES), 120,
+                        "y_true's members", interval=1):
+            run.result.problems.append(f"node {node} not back among y_true's members within 120s")
+        back = time.monotonic() - killed
+        run.journal(f"node {node} back among y_true's members {back:.1f}s after its kill")
+        run.result.notes.append(f"node {node} ({role} of y_true) listened again {listening:.0f}s and was back among "
+                                f"y_true's members {back:.0f}s after its kill")
+
+
+def cluster_node_stopped(run: ScenarioRun, repeats: int) -> None:
+    """On the suite's cluster: `rabbitmqctl stop` on a node mid-stream, and it stays down to the end (the
+    checks run on the two left). Recovery counts from the moment its AMQP port stopped answering."""
+    cluster = run.broker
+    for moment in run.random_moments(repeats):
+        run.at_fraction(moment)
+        node = run.rng.choice(cluster.NODES)
+        run.journal(f"rabbitmqctl stop node {node} at {run.rows()} rows")
+        closed, stopping = cluster.stop_node(node)
+        run.journal(f"node {node} no longer listens, at {run.rows()} rows")
+        run.recovered(f"node {node} stopped for good", closed, run.services, EVERYTHING)
+        if stopping.wait(180) != 0:
+            run.result.problems.append(f"rabbitmqctl stop failed on node {node}: {stopping.stderr.read()[-300:]!r}")
+        run.journal(f"node {node} stopped {time.monotonic() - closed:.1f}s after it stopped listening, for good")
+
+
+TAKEOVER_SECONDS = 5  # issue 12: a standby takes over within 5 s
+
+
+def kill_an_active_metric(run: ScenarioRun, repeats: int) -> None:
+    """K = 2, each partition with a hot standby: the active metric of a partition (the holder of its
+    shard's lock), drawn each time, is SIGKILLed mid-stream; its standby must take the lock and write
+    the shard on. The fault's time is the takeover: from the kill to the first row in that shard, which
+    only the standby can write. The killed process is started again and becomes the standby."""
+    for moment in run.random_moments(repeats):
+        run.at_fraction(moment)
+        partition = run.rng.randrange(run.metric_partitions)
+        victim = run.active_metric(partition)
+        if victim is None:
+            run.result.problems.append(f"no metric held partition {partition}'s lock")
+            continue
+        shard = run.logs_dir / f"metric_log-{partition}.csv"
+        if run.stream_done():  # the standby would have nothing left to write
+            run.result.notes.append(f"the kill of {victim} would have come after the stream had ended; not made")
+            continue
+        run.kill(victim)
+        killed = time.monotonic()
+        rows_at_kill = run.rows(shard)
+        fault = Fault(f"SIGKILL {victim}, the active of partition {partition}")
+        run.result.faults.append(fault)
+        if wait_for(lambda: run.rows(shard) > rows_at_kill, 60, "the standby's first row", interval=0.02):
+            fault.recovery_seconds = time.monotonic() - killed
+            run.journal(f"{fault.description}: the standby's first row {fault.recovery_seconds:.2f}s after the kill")
+            if fault.recovery_seconds > TAKEOVER_SECONDS:
+                run.result.notes.append(f"the takeover of partition {partition} took {fault.recovery_seconds:.1f}s, "
+                                        f"over issue 12's {TAKEOVER_SECONDS}s")
+        else:
+            run.result.problems.append(f"no row in {shard.name} within 60s of {fault.description}")
+        successor = run.active_metric(partition)
+        if successor in (None, victim):
+            run.result.problems.append(f"partition {partition}'s lock is held by {successor} after the kill")
+        before_restart = len(run.output(victim))
+        run.start(victim)
+        if not wait_for(lambda: run.connected(victim), 120, f"{victim} back"):
+            run.result.problems.append(f"{victim} not connected again within 120s of its restart")
+        elif not wait_for(lambda: "standby for" in run.output(victim)[before_restart:], 60, f"{victim} on standby"):
+            run.result.problems.append(f"{victim} did not say it is the standby after its restart")
 
 
 def pairs_hitting_each(rng, services, count: int) -> list[tuple[str, str]]:
@@ -253,12 +365,19 @@ class Scenario:
     starts_services: bool = False  # the scenario starts them itself
     events_scale: float = 1.0  # a longer stream, for faults that take long to inject (rabbitmqctl)
     max_backlog: int | None = None  # features' --max-backlog, when the scenario needs it low
+    model_replicas: int = 1  # model processes sharing `features` (model, model-2, ...)
+    cluster: bool = False  # on the suite's own three-node cluster, QUEUE_TYPE=quorum, every node in AMQP_URL
+    metric_partitions: int = 1  # metric --partitions K
+    metric_standby: bool = False  # a hot standby beside each metric
 
+
+CLUSTER_DEPLOYMENT = {"cluster": True, "model_replicas": 2, "metric_partitions": 2, "metric_standby": True}
 
 SCENARIOS = (
     Scenario("no faults", no_faults, repeats=0, quick_repeats=0),
     Scenario("SIGKILL features", kill("features")),
     Scenario("SIGKILL model", kill("model")),
+    Scenario("SIGKILL a model replica", kill_a_model_replica, model_replicas=2, events_scale=2),  # room for restarts
     Scenario("SIGKILL metric", kill("metric")),
     Scenario("SIGKILL plot", kill("plot")),
     Scenario("SIGKILL drift", kill("drift"), quick_repeats=2),
@@ -275,6 +394,15 @@ SCENARIOS = (
     Scenario("consumer stopped past the backlog", consumer_stopped_past_the_backlog, repeats=2, quick_repeats=1,
              max_backlog=BACKLOG_SCENARIO_MAX, events_scale=2.5),
     Scenario("logs/ disk full", disk_full, repeats=2, quick_repeats=1, logs_on_tmpfs="16m"),
+    # issue 12's deployment: quorum queues on the suite's own three-node cluster, two model replicas, metric
+    # as two partitions each with a hot standby
+    Scenario("cluster: node SIGKILLed, restarted", cluster_node_killed, repeats=2, events_scale=6,
+             **CLUSTER_DEPLOYMENT),
+    Scenario("cluster: node stopped for good", cluster_node_stopped, repeats=1, events_scale=3, **CLUSTER_DEPLOYMENT),
+    Scenario("cluster: SIGKILL an active metric", kill_an_active_metric, repeats=3, events_scale=3,
+             **CLUSTER_DEPLOYMENT),
+    Scenario("cluster: SIGKILL a model replica", kill_a_model_replica, repeats=3, events_scale=3,
+             **CLUSTER_DEPLOYMENT),
 )
 
 PROFILES = {

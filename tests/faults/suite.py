@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from brokers import PrivateBroker, SharedBroker, rabbitmq_scripts
+from brokers import ClusterBroker, PrivateBroker, SharedBroker, rabbitmq_scripts
 from harness import Result, ScenarioRun, Skipped
 from mlmonitor.histogram import ErrorHistogram
 from run_pipeline import ROOT, Pipeline
@@ -37,6 +37,7 @@ class Suite:
         self.log = log
         self.shared = SharedBroker()
         self._private: PrivateBroker | None = None
+        self._cluster: ClusterBroker | None = None
         self.models_dir = workdir / "models"
         exit_code = Pipeline(env={"MODELS_DIR": str(self.models_dir)}, output_dir=workdir / "learn_model").run_to_end(
             "learn_model", timeout=180)
@@ -55,15 +56,32 @@ class Suite:
         self._private.ensure_up()
         return self._private
 
+    def cluster(self) -> ClusterBroker:
+        if rabbitmq_scripts() is None:
+            raise Skipped("rabbitmq-server is not installed here, so there is no cluster of our own to break")
+        if self._cluster is None:
+            self._cluster = ClusterBroker(self.workdir / "cluster")
+            self.log(f"  starting a three-node cluster of our own, {self._cluster.name}-1..3@localhost on "
+                     f"127.0.0.1:{self._cluster.ports[0]}-{self._cluster.ports[-1]}")
+        self._cluster.up()  # whichever node a scenario left down
+        return self._cluster
+
+    def broker_for(self, scenario: Scenario):
+        if scenario.cluster:
+            return self.cluster()
+        return self.private_broker() if scenario.private_broker else self.shared
+
     def run(self, scenario: Scenario, repeats: int) -> Result:
         started = time.monotonic()
         rng = random.Random(f"{self.seed}/{scenario.name}")
         run = None
         try:
-            broker = self.private_broker() if scenario.private_broker else self.shared
+            broker = self.broker_for(scenario)
             run = ScenarioRun(scenario_dir(scenario.name), broker, self.workdir, self.models_dir,
                               int(self.events * scenario.events_scale), self.rate, rng, self.known_pairs, self.histogram_factory, scenario.url_query,
-                              scenario.proxied, scenario.logs_on_tmpfs, scenario.max_backlog)
+                              scenario.proxied, scenario.logs_on_tmpfs, scenario.max_backlog,
+                              scenario.model_replicas, queue_type="quorum" if scenario.cluster else None,
+                              metric_partitions=scenario.metric_partitions, metric_standby=scenario.metric_standby)
             result = run.result
             result.scenario = scenario.name
             if not scenario.starts_services:
@@ -87,6 +105,8 @@ class Suite:
     def close(self) -> None:
         if self._private is not None:
             self._private.stop()
+        if self._cluster is not None:
+            self._cluster.down()
 
 
 def scenario_dir(name: str) -> str:

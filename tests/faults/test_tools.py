@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from brokers import PrivateBroker, rabbitmq_scripts
+from brokers import ClusterBroker, PrivateBroker, rabbitmq_scripts
 from checks import (HEADER, check_alerts, check_dead_letters, check_drift_counts, check_rows, parse_metric_log,
                     read_confirmed, read_drift_counts, unexpected_tracebacks)
 from scenarios import pairs_hitting_each
@@ -226,3 +226,14 @@ def test_the_private_node_never_kills_a_process_that_is_not_its_beam(tmp_path):
     with pytest.raises(RuntimeError, match="not the beam.smp"):
         broker.beam_pid()
     assert broker.node.startswith("faults-") and broker.port != 5672
+
+
+@pytest.mark.skipif(rabbitmq_scripts() is None, reason="rabbitmq-server is not installed")
+def test_the_suites_cluster_has_names_ports_and_a_folder_apart_from_the_integration_tests_cluster(tmp_path):
+    cluster = ClusterBroker(tmp_path / "cluster")
+    assert cluster.node_pids() == {1: None, 2: None, 3: None}  # nothing of it runs before `up`
+    status = cluster.script("status").split()
+    assert status[0::3] == [f"{cluster.name}-{node}@localhost" for node in (1, 2, 3)]
+    assert [int(port) for port in status[1::3]] == list(cluster.ports)
+    assert cluster.name.startswith("faults-") and not set(cluster.ports) & {5672, 5681, 5682, 5683}
+    assert cluster.url("v").split(",") == [f"amqp://guest:guest@127.0.0.1:{port}/v" for port in cluster.ports]

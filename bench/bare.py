@@ -11,6 +11,9 @@ and window, and messages of the same size. One process per role, one connection 
 
     python bench/bare.py ROLE --amqp-url URL [--count N] [--rate R] [--stats FILE]
 
+URL may list a cluster's nodes, comma-separated, as AMQP_URL does: the role uses the first that answers,
+and declares the queues with QUEUE_TYPE (classic or quorum), as the services do.
+
 ROLE is `features` (exits after N confirmed events), `model`, `metric` (run until killed) or `plot`
 (exits after N distinct events, writing arrival times to --stats).
 """
@@ -25,6 +28,8 @@ import uuid
 
 import pika
 
+from mlmonitor.amqp import queue_type_from_environment
+from mlmonitor.tls import connection_candidates
 from mlmonitor.topology import FEATURES, METRIC_ADDED, METRIC_EVENTS_EXCHANGE, PIPELINE, Y_PRED, Y_TRUE, declare
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
@@ -74,8 +79,8 @@ class Node:
 
     inputs: tuple[str, ...] = ()
 
-    def __init__(self, amqp_url: str):
-        self.connection = pika.SelectConnection(pika.URLParameters(amqp_url), on_open_callback=self._on_open,
+    def __init__(self, parameters: pika.URLParameters):
+        self.connection = pika.SelectConnection(parameters, on_open_callback=self._on_open,
                                                 on_close_callback=lambda *_: self.connection.ioloop.stop())
         self.publisher = None
         self._sequence = 0
@@ -132,8 +137,8 @@ class Node:
 
 
 class Features(Node):
-    def __init__(self, amqp_url: str, count: int, rate: float):
-        super().__init__(amqp_url)
+    def __init__(self, parameters: pika.URLParameters, count: int, rate: float):
+        super().__init__(parameters)
         from sklearn.datasets import load_diabetes
 
         data = load_diabetes()
@@ -194,8 +199,8 @@ class Model(Node):
 class Metric(Node):
     inputs = (Y_TRUE, Y_PRED)
 
-    def __init__(self, amqp_url: str):
-        super().__init__(amqp_url)
+    def __init__(self, parameters: pika.URLParameters):
+        super().__init__(parameters)
         self._waiting: dict[str, dict[str, tuple[dict, object]]] = {Y_TRUE: {}, Y_PRED: {}}
 
     def handle(self, queue: str, body: bytes, ack) -> None:
@@ -221,8 +226,8 @@ class Metric(Node):
 class Plot(Node):
     inputs = (METRIC_ADDED,)
 
-    def __init__(self, amqp_url: str, count: int, stats_path: str):
-        super().__init__(amqp_url)
+    def __init__(self, parameters: pika.URLParameters, count: int, stats_path: str):
+        super().__init__(parameters)
         self._count, self._stats_path = count, stats_path
         self._seen: set[str] = set()
         self.arrived_at: list[float] = []
@@ -244,6 +249,22 @@ class Plot(Node):
             self.connection.ioloop.call_later(0.2, self.stop)  # let the last acks out
 
 
+def declare_on_a_node(amqp_url: str) -> pika.URLParameters:
+    """Declares the topology on the first node of AMQP_URL that answers, and returns that node's parameters."""
+    candidates = connection_candidates(amqp_url)
+    for position, parameters in enumerate(candidates, 1):
+        try:
+            connection = pika.BlockingConnection(parameters)
+        except pika.exceptions.AMQPConnectionError:
+            if position == len(candidates):
+                raise
+            continue
+        declare(connection.channel(), PIPELINE, queue_type_from_environment())
+        connection.close()
+        return parameters
+    raise AssertionError("connection_candidates returns at least one URL")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("role", choices=("features", "model", "metric", "plot"))
@@ -252,13 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--stats", default="bare_stats.json")
     args = parser.parse_args(argv)
-    connection = pika.BlockingConnection(pika.URLParameters(args.amqp_url))
-    declare(connection.channel(), PIPELINE)
-    connection.close()
-    node = {"features": lambda: Features(args.amqp_url, args.count, args.rate),
-            "model": lambda: Model(args.amqp_url),
-            "metric": lambda: Metric(args.amqp_url),
-            "plot": lambda: Plot(args.amqp_url, args.count, args.stats)}[args.role]()
+    parameters = declare_on_a_node(args.amqp_url)
+    node = {"features": lambda: Features(parameters, args.count, args.rate),
+            "model": lambda: Model(parameters),
+            "metric": lambda: Metric(parameters),
+            "plot": lambda: Plot(parameters, args.count, args.stats)}[args.role]()
     node.run()
     return 0
 

@@ -2,13 +2,14 @@
 
 - `Probe`: a bench-only, exclusive, non-durable queue bound to `metric_events`; it learns each id's
   `sent_at` (the time features created the event) without adding a column to the CSV.
-- `CsvTail`: polls `metric_log.csv` and notes when each row appears on disk.
+- `CsvTail`: polls `metric_log.csv` (or every partition's shard) and notes when each row appears on disk.
 - `SummaryTail`: polls `error_distribution.json` (written right after the PNG is replaced) and notes
   its mtime for each count; row k (in CSV order) is in the PNG from the first summary counting >= k.
 - `DriftTail`: polls drift's `drift_ids.log` (one line per id counted, appended once a snapshot holds
   it) and notes how many predictions and outcomes drift had counted, durably, at each moment.
 - `Sampler`: ready-message depth of each queue (passive declare), RSS of each service and CPU time
   of each service and of the broker (/proc), so per-event CPU can be compared on a busy machine.
+AMQP_URL may list a cluster's nodes, as the services take it: each connects to the first that answers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import pika
+from mlmonitor.tls import connection_candidates
 
 POLL_SECONDS = 0.002
 SAMPLE_SECONDS = 0.25
@@ -54,7 +56,7 @@ class Probe(_Loop):
         self.ready = threading.Event()
 
     def loop(self) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+        connection = pika.BlockingConnection(connection_candidates(self.amqp_url))
         try:
             channel = connection.channel()
             queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
@@ -74,34 +76,41 @@ class Probe(_Loop):
 
 
 class CsvTail(_Loop):
-    def __init__(self, path: Path):
+    """Rows of one log, or of every partition's shard together, in the order the polls saw them."""
+
+    def __init__(self, paths: Path | list[Path]):
         super().__init__("csv-tail")
-        self.path = path
+        self.paths = [paths] if isinstance(paths, Path) else list(paths)
         self.ids: list[str] = []
         self.seen_at: list[float] = []
 
     def loop(self) -> None:
-        offset, pending = 0, b""
-        header_skipped = False
+        offsets = {path: 0 for path in self.paths}
+        pending = {path: b"" for path in self.paths}
+        header_skipped = {path: False for path in self.paths}
         while not self._stopping.is_set():
-            try:
-                with open(self.path, "rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read()
-            except FileNotFoundError:
-                data = b""
-            if data:
+            read_any = False
+            for path in self.paths:
+                try:
+                    with open(path, "rb") as handle:
+                        handle.seek(offsets[path])
+                        data = handle.read()
+                except FileNotFoundError:
+                    data = b""
+                if not data:
+                    continue
+                read_any = True
                 now = time.time()
-                offset += len(data)
-                lines = (pending + data).split(b"\n")
-                pending = lines.pop()
-                if not header_skipped and lines:
+                offsets[path] += len(data)
+                lines = (pending[path] + data).split(b"\n")
+                pending[path] = lines.pop()
+                if not header_skipped[path] and lines:
                     lines.pop(0)
-                    header_skipped = True
+                    header_skipped[path] = True
                 for line in lines:
                     self.ids.append(line.split(b",", 1)[0].decode())
                     self.seen_at.append(now)
-            else:
+            if not read_any:
                 time.sleep(POLL_SECONDS)
 
     @property
@@ -187,7 +196,7 @@ class Sampler(_Loop):
                 if self.cpu_start.get(name) is not None and self.cpu_end[name] is not None}
 
     def loop(self) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+        connection = pika.BlockingConnection(connection_candidates(self.amqp_url))
         try:
             channel = connection.channel()
             while not self._stopping.is_set():

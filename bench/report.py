@@ -68,6 +68,52 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def replicas_table(results: dict) -> str:
+    """One model process against two on the heavy model: each run, and two against the one of its round."""
+    runs = results.get("replicas") or []
+    if not runs:
+        return ""
+    one = {run["round"]: run["sustained_eps"] for run in runs if run["model_replicas"] == 1}
+    lines = ["| run | model processes | events | sustained ev/s | × one process (same round) "
+             "| to CSV p50 / p95 / p99 ms | CPU ms per 1000 events: model processes (each) / rest / broker "
+             "| peak RSS MB, model processes | deepest ready backlog | load before |",
+             "|---|---:|---:|---:|---:|---:|---|---|---|---|"]
+    for run in runs:
+        cpu = run["cpu_ms_per_1000_events"]
+        models = sorted(name for name in cpu if name == "model" or name.startswith("model-"))
+        rest = sum(value for name, value in cpu.items() if name not in models and name != "broker")
+        ratio = run["sustained_eps"] / one[run["round"]] if one.get(run["round"]) else float("nan")
+        rss = " / ".join(_figure(run["peak_rss_mb"], name) for name in models)
+        lines.append(f"| {run['name']} | {run['model_replicas']} | {run['count']} | {run['sustained_eps']:.0f} "
+                     f"| {'–' if ratio != ratio else f'{ratio:.2f}'} | {_ms(run['latency_csv_ms'])} "
+                     f"| {' + '.join(_figure(cpu, name) for name in models)} / {rest:.0f} / {_figure(cpu, 'broker')} "
+                     f"| {rss} | {_deepest(run['backlog'])} | {_load(run['load_before'])} |")
+    return "\n".join(lines)
+
+
+def compare_table(runs: list[dict]) -> str:
+    """A against B, round by round (the cluster's and the partitions' runs): each run, and its
+    throughput and p99 against the A run of its round."""
+    if not runs:
+        return ""
+    first = {(run["round"], run["rate"]): run for run in runs if run["variant"] == 0}
+    lines = ["| run | events | sustained ev/s | × first (same round and rate) | to CSV p50 / p95 / p99 ms "
+             "| p99 × first | CPU ms per 1000 events: services / broker | deepest ready backlog | load before |",
+             "|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for run in runs:
+        base = first.get((run["round"], run["rate"]))
+        ratio = run["sustained_eps"] / base["sustained_eps"] if base else float("nan")
+        p99 = (run["latency_csv_ms"]["p99"] / base["latency_csv_ms"]["p99"]
+               if base and run["latency_csv_ms"] and base["latency_csv_ms"] else float("nan"))
+        cpu = run["cpu_ms_per_1000_events"]
+        services = sum(value for name, value in cpu.items() if name != "broker")
+        lines.append(f"| {run['name']} | {run['count']} | {run['sustained_eps']:.0f} "
+                     f"| {'–' if ratio != ratio else f'{ratio:.2f}'} | {_ms(run['latency_csv_ms'])} "
+                     f"| {'–' if p99 != p99 else f'{p99:.2f}'} | {services:.0f} / {_figure(cpu, 'broker')} "
+                     f"| {_deepest(run['backlog'])} | {_load(run['load_before'])} |")
+    return "\n".join(lines)
+
+
 def restore_table(results: dict) -> str:
     if not results["restore"]:
         return ""
@@ -100,10 +146,16 @@ def markdown(results: dict) -> str:
         "(one snapshot a second); drift's CPU is counted until it has taken in every event, the others' "
         "until the last row is drawn.",
         "",
-        table(results),
+        table(results) if results["runs"] else "",
         "",
         restore_table(results),
         "",
+        *(["One node with classic queues against the three-node cluster with quorum queues:", "",
+           compare_table(results["cluster"]), ""] if results.get("cluster") else []),
+        *(["metric as one process (K = 1) against two partitions (K = 2):", "",
+           compare_table(results["partitions"]), ""] if results.get("partitions") else []),
+        *([f"One model process against two, on `{results['replicas'][0]['estimator']}`:", "",
+           replicas_table(results), ""] if results.get("replicas") else []),
         "![results](results.png)",
         "",
     ])
@@ -112,24 +164,27 @@ def markdown(results: dict) -> str:
 def plot(results: dict, path: Path) -> None:
     figure = Figure(figsize=(13, 4.2), dpi=100)
     rows_axes, latency_axes, depth_axes = figure.subplots(1, 3)
-    for run in results["runs"]:
+    compared = [run for key in ("cluster", "partitions", "replicas") for run in results.get(key) or []]
+    for run in results["runs"] + compared:
         if run["rate"] == 0:
             rows = run["timeline"]["rows"]
             step = run["count"] / max(1, len(rows))
-            label = "bare pika" if run["kind"] == "bare" else run["name"] if run["name"].startswith("pipeline") else "pipeline"
+            label = ("bare pika" if run["kind"] == "bare" else run["name"]
+                     if run["name"].startswith("pipeline") or run in compared else "pipeline")
             rows_axes.plot(rows, [i * step for i in range(len(rows))], label=f"{label}: {run['sustained_eps']:.0f}/s")
         if run["kind"] == "pipeline":
             latencies = sorted(run["timeline"]["latency_csv_s"])
             n = len(latencies)
             latency_axes.plot([x * 1000 for x in latencies], [(i + 1) / n for i in range(n)], label=run["name"])
     rows_axes.set(title="events through the pipeline (full speed)", xlabel="seconds", ylabel="events")
-    rows_axes.legend()
+    rows_axes.legend(fontsize=8)
     latency_axes.set(title="latency features → CSV row (CDF)", xlabel="ms", ylabel="fraction", xscale="log")
     latency_axes.legend(fontsize=8)
-    saturated = next((r for r in results["runs"] if r["kind"] == "pipeline" and r["rate"] == 0), None)
+    saturated = next((r for r in results["runs"] + compared if r["kind"] == "pipeline" and r["rate"] == 0), None)
     if saturated:
         depths = saturated["timeline"]["depths"]
-        for queue in ("features", "y_true", "y_pred", "metric_added", "predictions.drift", "metric_added.drift"):
+        for queue in ("features", "y_true", "y_pred", "metric_added", "predictions.drift", "prediction_batches.drift",
+                      "metric_batches.drift"):
             if depths and queue in depths[0][1]:
                 depth_axes.plot([t for t, _ in depths], [d[queue] for _, d in depths], label=queue)
         depth_axes.set(title="ready messages per queue (full speed)", xlabel="seconds", ylabel="messages")
@@ -181,6 +236,8 @@ def write_report(results: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))
     plot(results, out / "results.png")
+    if not results["runs"]:
+        return  # the replicas alone (bench/run.py --only replicas): no line for history.md
     history = out / "history.md"
     if not history.exists():
         history.write_text("# Benchmark history\n\nOne line per `make bench` run, newest last.\n\n" + HISTORY_HEADER)

@@ -11,7 +11,16 @@ with every guarantee on (persistent messages, confirms, fsync). In order:
    bounded when the pipeline is kept busy but not overrun?);
 4. wide: the own-data path at full speed, on a generated 50-column table (numeric and text columns,
    missing values) trained with learn_model's default pipeline: throughput and peak RSS per service;
-5. restore: metric's and plot's start on a generated 1,000,000-row log.
+5. restore: metric's and plot's start on a generated 1,000,000-row log;
+6. cluster: the local node with classic queues against the local three-node cluster with quorum
+   queues (scripts/rabbitmq_cluster.sh up), at full speed (--compare-count events) and at
+   --compare-rate for --rate-seconds (p99 without a backlog), alternating for --cluster-rounds rounds;
+7. partitions: metric as one process (K = 1) against two partitions (K = 2), on the local node,
+   the same way, for --partitions-rounds rounds;
+8. replicas: one model process against two sharing `features` (run_pipeline --model-replicas), at
+   full speed on a deliberately heavy model (HEAVY_ESTIMATOR), so that model sets the pace; the two
+   alternate for --replicas-rounds rounds.
+`--only cluster|partitions|replicas` runs just those, into bench/results/<name>/.
 A pipeline run ends when every row is drawn; drift may trail it (it yields the CPU to the pipeline),
 so the bench then waits for drift to have counted every event on both streams, and counts drift's
 CPU up to that moment (the other services' up to the last row, as before).
@@ -22,6 +31,7 @@ The benchmark reports; it asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -32,24 +42,29 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pika
+from mlmonitor.broker_urls import split_urls
+from mlmonitor.tls import connection_candidates
+from mlmonitor.topology import partition_queue
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from observe import CsvTail, DriftTail, Probe, Sampler, SummaryTail  # noqa: E402
-from run_pipeline import Pipeline  # noqa: E402
+from run_pipeline import Pipeline, metric_processes, model_replicas  # noqa: E402
 from waiting import wait_until  # noqa: E402
 
 QUEUES = ["features", "y_true", "y_pred", "metric_added"]
-DRIFT_QUEUES = ["predictions.drift", "metric_added.drift"]  # declared by drift alone, once it has started
+DRIFT_QUEUES = ["predictions.drift", "prediction_batches.drift", "metric_batches.drift"]  # declared by drift alone
 CONSUMERS = ("model", "metric", "plot", "drift")  # as make run starts them (scripts/run_pipeline.py)
 BROKER_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("BENCH_RABBITMQ_PORT", "5672"))
 BROKER_PID: dict[str, int] = {}
+CLUSTER_SCRIPT = ROOT / "scripts" / "rabbitmq_cluster.sh"
 WITH_DRIFT = True  # --no-drift: the pipeline without the drift monitor, to see what drift costs
 PROFILE = False  # --profile: py-spy each service (needs `pip install py-spy`); slows the run
 
@@ -65,15 +80,55 @@ def rabbitmqctl(*args: str) -> str:
                           timeout=60).stdout
 
 
+class Broker:
+    """Where a run's vhost lives: the local node at BROKER_HOST:BROKER_PORT, or the local three-node
+    cluster (scripts/rabbitmq_cluster.sh); `queue_type` is what the services declare (QUEUE_TYPE)."""
+
+    def __init__(self, label: str, ctl: list[str], nodes: list[str], queue_type: str = "classic",
+                 is_cluster: bool = False):
+        self.label, self.ctl, self.nodes, self.queue_type, self.is_cluster = label, ctl, nodes, queue_type, is_cluster
+
+    @classmethod
+    def single_node(cls) -> Broker:
+        return cls("one node, classic queues", ["rabbitmqctl", "-q"], [f"{BROKER_HOST}:{BROKER_PORT}"])
+
+    @classmethod
+    def cluster(cls) -> Broker:
+        """Brings the local cluster up (idempotent) and uses its three nodes, with quorum queues."""
+        up = subprocess.run([str(CLUSTER_SCRIPT), "up"], check=True, capture_output=True, text=True, timeout=600)
+        nodes = [urlsplit(url).netloc.rsplit("@", 1)[-1] for url in split_urls(up.stdout.strip().splitlines()[-1])]
+        return cls("three nodes, quorum queues", [str(CLUSTER_SCRIPT), "ctl", "1", "-q"], nodes, "quorum", is_cluster=True)
+
+    def rabbitmqctl(self, *args: str) -> str:
+        return subprocess.run([*self.ctl, *args], check=True, capture_output=True, text=True, timeout=60).stdout
+
+    def pids(self) -> dict[str, int]:
+        """The broker's OS processes, to count their CPU time too: `broker`, or `broker-1` … per node."""
+        if not self.is_cluster:
+            return broker_pid()
+        status = subprocess.run([str(CLUSTER_SCRIPT), "status"], capture_output=True, text=True, timeout=60).stdout
+        return {f"broker-{n}": int(line.split()[2]) for n, line in enumerate(status.splitlines(), 1)
+                if len(line.split()) == 3 and line.split()[2].isdigit()}
+
+
 class Vhost:
+    def __init__(self, broker: Broker | None = None):
+        self.broker = broker or Broker.single_node()
+
     def __enter__(self) -> str:
         self.name = f"bench-{uuid.uuid4().hex[:10]}"
-        rabbitmqctl("add_vhost", self.name)
-        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
-        return f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/{self.name}"
+        self.broker.rabbitmqctl("add_vhost", self.name)
+        self.broker.rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        return ",".join(f"amqp://guest:guest@{node}/{self.name}" for node in self.broker.nodes)
+
+    def queue_types(self) -> dict[str, int]:
+        """How many of the vhost's queues are of each type (classic, quorum): what the services declared."""
+        types = [line.split()[-1] for line in self.broker.rabbitmqctl(
+            "list_queues", "-p", self.name, "--no-table-headers", "name", "type").splitlines() if line.strip()]
+        return {queue_type: types.count(queue_type) for queue_type in sorted(set(types))}
 
     def __exit__(self, *_):
-        rabbitmqctl("delete_vhost", self.name)
+        self.broker.rabbitmqctl("delete_vhost", self.name)
 
 
 def broker_pid() -> dict[str, int]:
@@ -111,14 +166,16 @@ def git_commit() -> str:
     return result.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def consumers_ready(amqp_url: str, queues: list[str] = QUEUES) -> bool:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+def consumers_ready(amqp_url: str, queues: list[str] = QUEUES, at_least: dict[str, int] | None = None) -> bool:
+    """Every queue has a consumer (`at_least` of them for the queues it names, e.g. model replicas)."""
+    connection = pika.BlockingConnection(connection_candidates(amqp_url))
     try:
         channel = connection.channel()
         counts = []
         for queue in queues:
             try:
-                counts.append(channel.queue_declare(queue, passive=True).method.consumer_count)
+                counts.append(channel.queue_declare(queue, passive=True).method.consumer_count
+                              >= (at_least or {}).get(queue, 1))
             except pika.exceptions.ChannelClosedByBroker:
                 return False  # not declared yet
         return all(counts)
@@ -164,26 +221,75 @@ def backlog(depths: list[tuple[float, dict[str, int]]], started: float, producin
 
 # --- scenarios -----------------------------------------------------------------------------------
 
+def start_model_replicas(pipeline: Pipeline, replicas: int, extra_env: dict[str, str] | None = None) -> None:
+    """`replicas` model processes sharing `features`, named as run_pipeline --model-replicas names them."""
+    for name, env in model_replicas(replicas):
+        pipeline.start("model", env={**{key: value for key, value in env.items() if key != "METRICS_PORT"},
+                                     **(extra_env or {})}, name=name)
+
+
+def start_metric_partitions(pipeline: Pipeline, partitions: int) -> None:
+    """metric as run_pipeline --partitions K starts it: one active process per partition, no standby."""
+    for name, env in metric_processes(partitions, standby=False):
+        pipeline.start("metric", env={key: value for key, value in env.items() if key != "METRICS_PORT"}, name=name)
+
+
+def partition_queues(partitions: int) -> list[str]:
+    """The queues metric's partitions consume, beside y_true and y_pred (which their routers consume)."""
+    if partitions == 1:
+        return []
+    return [partition_queue(queue, partition, partitions) for partition in range(partitions)
+            for queue in ("y_true", "y_pred")]
+
+
+def metric_logs(logs_dir: Path, partitions: int) -> list[Path]:
+    if partitions == 1:
+        return [logs_dir / "metric_log.csv"]
+    return [logs_dir / f"metric_log-{partition}.csv" for partition in range(partitions)]
+
+
+def broker_cpu_together(cpu_used: dict[str, float]) -> dict[str, float]:
+    """A cluster's nodes (broker-1 …) counted as one `broker`, as the single node is."""
+    nodes = {name: seconds for name, seconds in cpu_used.items() if name.startswith("broker-")}
+    if not nodes:
+        return cpu_used
+    return {**{name: seconds for name, seconds in cpu_used.items() if name not in nodes},
+            "broker": sum(nodes.values())}
+
+
 def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Path, timeout: float,
-                 feature_args: list[str] = ()) -> dict:
+                 feature_args: list[str] = (), replicas: int = 1, broker: Broker | None = None,
+                 partitions: int = 1, model_env: dict[str, str] | None = None) -> dict:
     log(f"{name}: {count} events at {'full speed' if not rate else f'{rate:g}/s'}")
     load_before = load_now()
-    with Vhost() as amqp_url:
+    broker = broker or Broker.single_node()
+    broker_pids = broker.pids() if broker.is_cluster else BROKER_PID
+    queues = QUEUES + partition_queues(partitions)
+    vhost = Vhost(broker)
+    with vhost as amqp_url:
         run_dir = work / "".join(c if c.isalnum() else "_" for c in name)
         shutil.rmtree(run_dir, ignore_errors=True)  # fresh logs: nothing to restore
         logs_dir = run_dir / "logs"
-        env = {"AMQP_URL": amqp_url, "LOGS_DIR": str(logs_dir), "MODELS_DIR": str(models_dir), "LOG_LEVEL": "INFO"}
+        env = {"AMQP_URL": amqp_url, "LOGS_DIR": str(logs_dir), "MODELS_DIR": str(models_dir), "LOG_LEVEL": "INFO",
+               "QUEUE_TYPE": broker.queue_type}
         pipeline = Pipeline(env=env, output_dir=run_dir / "service-output")
         threads = []
         try:
             drift_queues = DRIFT_QUEUES if WITH_DRIFT else []
             for service in CONSUMERS if WITH_DRIFT else tuple(c for c in CONSUMERS if c != "drift"):
-                pipeline.start(service)
+                if service == "model":
+                    start_model_replicas(pipeline, replicas, model_env)
+                elif service == "metric":
+                    start_metric_partitions(pipeline, partitions)
+                else:
+                    pipeline.start(service)
             # drift declares its queues and consumes once its detectors are calibrated: it sees every event
-            wait_until(lambda: consumers_ready(amqp_url, QUEUES + drift_queues) or _fail_if_dead(pipeline), 60,
-                       message="the consumers")
+            wait_until(lambda: consumers_ready(amqp_url, queues + drift_queues,
+                                               {"features": replicas, "y_true": partitions, "y_pred": partitions})
+                       or _fail_if_dead(pipeline), 120, message="the consumers")
+            queue_types = vhost.queue_types()
             probe = Probe(amqp_url)
-            csv_tail = CsvTail(logs_dir / "metric_log.csv")
+            csv_tail = CsvTail(metric_logs(logs_dir, partitions))
             summary = SummaryTail(logs_dir / "error_distribution.json")
             drift_tail = DriftTail(logs_dir / "drift_ids.log")
             threads = [probe, csv_tail, summary, drift_tail]
@@ -192,8 +298,8 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
             probe.ready.wait(10)
             started = time.time()
             pipeline.start("features", ["--rate", str(rate), "--count", str(count), *feature_args])
-            sampler = Sampler(amqp_url, QUEUES + drift_queues, {n: p.pid for n, p in pipeline.processes.items()},
-                              BROKER_PID)
+            sampler = Sampler(amqp_url, queues + drift_queues, {n: p.pid for n, p in pipeline.processes.items()},
+                              broker_pids)
             sampler.start()
             threads.append(sampler)
             profilers = start_profilers(pipeline, run_dir) if PROFILE else []
@@ -210,7 +316,7 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
             wait_until(done, timeout, 0.1, message=f"{count} rows drawn")
             finished = time.time()
             sampler.sample_rss()
-            cpu_used = sampler.cpu_used()
+            cpu_used = broker_cpu_together(sampler.cpu_used())
             if WITH_DRIFT:
                 wait_until(lambda: drift_tail.caught_up(count) or _fail_if_dead(pipeline, allowed={"features"}),
                            max(1.0, timeout - (finished - started)), 0.1, message=f"drift to count {count} events")
@@ -231,7 +337,8 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
     sent_at = np.array([probe.sent_at.get(row_id) or np.nan for row_id in csv_tail.ids], dtype=float)
     drawn_at = np.array(summary.written_at)[np.searchsorted(summary.counts, np.arange(1, len(seen_at) + 1))]
     result = {
-        "name": name, "count": count, "rate": rate, "kind": "pipeline",
+        "name": name, "count": count, "rate": rate, "kind": "pipeline", "model_replicas": replicas,
+        "broker": broker.label, "queue_types": queue_types, "metric_partitions": partitions,
         "wall_seconds": finished - started,
         "sustained_eps": sustained_rate(seen_at),
         "overall_eps": len(seen_at) / (seen_at.max() - started),
@@ -239,7 +346,7 @@ def run_pipeline(name: str, count: int, rate: float, models_dir: Path, work: Pat
         "latency_png_ms": percentiles_ms(drawn_at - sent_at),
         "png_lag_ms": percentiles_ms(drawn_at - seen_at),
         "redraws": len(summary.counts),
-        "backlog": backlog(sampler.depths, started, producing_until),
+        "backlog": backlog(sampler.depths, started, producing_until, queues),
         **({"drift_backlog": backlog(sampler.depths, started, producing_until, DRIFT_QUEUES),
             "drift_behind_max_events": drift_behind(seen_at, drift_tail.counted),
             "drift_caught_up_s": drift_caught_up - finished} if WITH_DRIFT else {}),
@@ -365,6 +472,96 @@ def run_restore(rows: int, work: Path) -> list[dict]:
     return results
 
 
+# A model whose cost is per row, heavy enough to set the pace even with two processes: k-nearest
+# neighbours, brute force, Minkowski p = 3 (no BLAS shortcut, so each query row costs a distance to
+# every training row) on a generated table of HEAVY_TABLE_ROWS rows and ten numeric columns, the
+# diabetes data's shape. A forest's cost is mostly per predict call, so it falls as batches grow under
+# load; this one's does not (docs/benchmarks.md#model-replicas).
+HEAVY_ESTIMATOR = "sklearn.neighbors.KNeighborsRegressor"
+HEAVY_ESTIMATOR_PARAMS = '{"algorithm": "brute", "p": 3}'
+HEAVY_TABLE_ROWS = 36_000
+HEAVY_MODELS = ROOT / "bench" / "results" / "tmp" / "heavy"
+# Each model process on one thread (a replica per core, as a forest with n_jobs None is), and batches of
+# at most 50: at ~8 ms a row a batch of model's default 500 would take 4 s and reach metric in lumps.
+HEAVY_MODEL_ENV = {**{name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+                   "PREFETCH": "50"}
+
+
+def heavy_model(estimator: str, params: str, table_rows: int) -> tuple[Path, list[str]]:
+    """The heavy model's folder and features' arguments to replay its table (none: the diabetes data);
+    trained once per estimator, parameters and table, then reused, since training predicts every row."""
+    key = hashlib.sha256(f"{estimator} {params} {table_rows}".encode()).hexdigest()[:10]
+    folder = HEAVY_MODELS / key  # whatever --out says, so that every run reuses it
+    models_dir = folder / "models"
+    data_args = []
+    if table_rows:
+        table = folder / "table.csv"
+        if not table.exists():
+            generate_numeric_table(table, table_rows)
+        data_args = ["--data", str(table), "--target", "target"]
+    if not (models_dir / "model_card.json").exists():
+        log(f"replicas: training {estimator} {params} on {table_rows or 'the diabetes'} rows")
+        if Pipeline(env={"MODELS_DIR": str(models_dir)}, output_dir=folder / "learn_model").run_to_end(
+                "learn_model", [*data_args, "--estimator", estimator, "--estimator-params", params], timeout=1800):
+            raise SystemExit(f"learn_model failed on the heavy estimator; see {folder / 'learn_model'}")
+    return models_dir, data_args
+
+
+def generate_numeric_table(path: Path, rows: int, columns: int = 10) -> None:
+    rng = np.random.default_rng(13)
+    features = rng.normal(0, 1, (rows, columns))
+    target = features[:, :5].sum(axis=1) * 10 + rng.normal(0, 1, rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as handle:
+        handle.write(",".join([f"x{i}" for i in range(columns)] + ["target"]) + "\n")
+        handle.writelines(",".join(f"{v:.6f}" for v in row) + f",{t:.6f}\n" for row, t in zip(features, target))
+    os.replace(temporary, path)
+
+
+def run_replicas(count: int, work: Path, timeout: float, estimator: str, params: str, rounds: int,
+                 table_rows: int = HEAVY_TABLE_ROWS) -> list[dict]:
+    """One model process against two sharing `features`, at full speed, on a model trained with the
+    heavy estimator, each process on one thread (a replica per core, HEAVY_MODEL_ENV); the two alternate, round after
+    round, so that a change in the machine's load hits both alike."""
+    models_dir, data_args = heavy_model(estimator, params, table_rows)
+    results = []
+    for round_number in range(1, rounds + 1):
+        for replicas in (1, 2):
+            result = run_pipeline(f"{replicas} model process{'es' if replicas > 1 else ''}, heavy model, "
+                                  f"round {round_number}", count, 0, models_dir, work, timeout, data_args,
+                                  replicas=replicas, model_env=HEAVY_MODEL_ENV)
+            results.append({**result, "round": round_number,
+                            "estimator": f"{estimator} {params}" + (f", {table_rows} rows" if table_rows else "")})
+    return results
+
+
+def run_compared(variants: list[tuple[str, dict]], count: int, models_dir: Path, work: Path, timeout: float,
+                 rounds: int, rate: float = 0, rate_seconds: float = 20) -> list[dict]:
+    """Each variant (label, run_pipeline's keyword arguments) at full speed, and at `rate` events/s for
+    `rate_seconds` when given (p99 without a backlog), alternating round after round so that a change in
+    the machine's load hits every variant alike; nothing else differs."""
+    speeds = [(0.0, count)] + ([(rate, max(1, int(rate * rate_seconds)))] if rate else [])
+    results = []
+    for round_number in range(1, rounds + 1):
+        for speed, events in speeds:
+            for variant, (label, options) in enumerate(variants):
+                name = f"{label}, {'full speed' if not speed else f'{speed:g}/s'}, round {round_number}"
+                result = run_pipeline(name, events, speed, models_dir, work, timeout, **options)
+                results.append({**result, "round": round_number, "variant": variant, "variant_label": label})
+    return results
+
+
+def cluster_variants() -> list[tuple[str, dict]]:
+    """The local node with classic queues, and the local three-node cluster with quorum queues."""
+    return [(broker.label, {"broker": broker}) for broker in (Broker.single_node(), Broker.cluster())]
+
+
+def partition_variants() -> list[tuple[str, dict]]:
+    """metric as one process (K = 1) and as two partitions (K = 2), on the local node, classic queues."""
+    return [(f"K = {partitions}", {"partitions": partitions}) for partitions in (1, 2)]
+
+
 def generate_log(path: Path, rows: int) -> None:
     sys.path.insert(0, str(ROOT / "common" / "src"))
     from mlmonitor.metric_log import HEADER_LINE
@@ -437,9 +634,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="longest wait for one run to finish")
     parser.add_argument("--profile", action="store_true", help="record py-spy stacks of each service")
     parser.add_argument("--no-drift", action="store_true", help="run the pipeline without drift (what drift costs)")
+    parser.add_argument("--replicas-rounds", type=int, default=1,
+                        help="rounds of one model process against two, on the heavy estimator (0 skips them)")
+    parser.add_argument("--replicas-count", type=int, default=2000, help="events in each of those runs")
+    parser.add_argument("--heavy-estimator", default=HEAVY_ESTIMATOR, help="the estimator of those runs")
+    parser.add_argument("--heavy-estimator-params", default=HEAVY_ESTIMATOR_PARAMS, help="its parameters (JSON)")
+    parser.add_argument("--heavy-table-rows", type=int, default=HEAVY_TABLE_ROWS,
+                        help="rows of the generated table it is trained on and features replays (0: the diabetes data)")
+    parser.add_argument("--cluster-rounds", type=int, default=1,
+                        help="rounds of one node with classic queues against the three-node cluster with quorum "
+                             "queues (scripts/rabbitmq_cluster.sh up), at full speed")
+    parser.add_argument("--partitions-rounds", type=int, default=1,
+                        help="rounds of metric as one process (K = 1) against two partitions (K = 2), at full speed")
+    parser.add_argument("--compare-count", type=int, default=10000,
+                        help="events in each full-speed cluster or partitions run")
+    parser.add_argument("--compare-rate", type=float, default=500,
+                        help="those runs also at this rate for --rate-seconds, for p99 without a backlog (0: not)")
+    parser.add_argument("--only", choices=("replicas", "cluster", "partitions"),
+                        help="only these runs (results in bench/results/<this>/ unless --out says otherwise)")
     parser.add_argument("--label", default="", help="what changed, for history.md")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, help="where the results go (default bench/results)")
     args = parser.parse_args(argv)
+    if args.only:  # no bare, full-speed, fixed-rate, wide or restore run; only the runs named
+        args.count, args.rates, args.restore_rows = 0, "", 0
+        args.replicas_rounds = max(1, args.replicas_rounds) if args.only == "replicas" else 0
+        args.cluster_rounds = max(1, args.cluster_rounds) if args.only == "cluster" else 0
+        args.partitions_rounds = max(1, args.partitions_rounds) if args.only == "partitions" else 0
+    args.out = args.out or ROOT / "bench" / "results" / (args.only or "")
     global PROFILE, BROKER_PID, WITH_DRIFT
     PROFILE = args.profile
     WITH_DRIFT = not args.no_drift
@@ -450,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": git_commit(), "label": args.label,
                "machine": machine(), "command": "make bench" + (f" ARGS=\"{' '.join(argv or sys.argv[1:])}\""
                                                               if (argv or sys.argv[1:]) else ""),
-               "load_start": load_now(), "runs": [], "restore": []}
+               "load_start": load_now(), "runs": [], "restore": [], "replicas": [], "cluster": [], "partitions": []}
     log(f"load average {results['load_start']['loadavg']}; busiest: {results['load_start']['top'][:3]}")
     if Pipeline(env={"MODELS_DIR": str(models_dir)}, output_dir=work / "learn_model").run_to_end("learn_model"):
         raise SystemExit("learn_model failed")
@@ -470,6 +691,16 @@ def main(argv: list[str] | None = None) -> int:
         results["runs"].append(run_wide(args.wide_columns, args.count, work, args.timeout))
     if args.restore_rows:
         results["restore"] = run_restore(args.restore_rows, work)
+    if args.cluster_rounds:
+        results["cluster"] = run_compared(cluster_variants(), args.compare_count, models_dir, work, args.timeout,
+                                          args.cluster_rounds, args.compare_rate, args.rate_seconds)
+    if args.partitions_rounds:
+        results["partitions"] = run_compared(partition_variants(), args.compare_count, models_dir, work,
+                                             args.timeout, args.partitions_rounds, args.compare_rate,
+                                             args.rate_seconds)
+    if args.replicas_rounds:
+        results["replicas"] = run_replicas(args.replicas_count, work, args.timeout, args.heavy_estimator,
+                                           args.heavy_estimator_params, args.replicas_rounds, args.heavy_table_rows)
     results["load_end"] = load_now()
 
     from report import write_report

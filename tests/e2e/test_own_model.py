@@ -131,6 +131,10 @@ def test_a_retrain_while_traffic_flows_switches_versions_and_loses_nothing(pipel
     second = json.loads((models_dir / "model_card.json").read_text())["version"]
     assert second != first
     wait_until(lambda: second in output(pipeline, "model"), timeout=10, message="model to take the new version")
+    # more traffic after the swap, so that the new version serves some whatever the load made of the first stream
+    after_swap = 1000
+    pipeline.start("features", ["--rate", "300", "--count", str(after_swap)], name="features-after-swap")
+    events += after_swap
     wait_until(lambda: len(csv_rows(csv_path)) >= events, timeout=120, message=f"{events} rows")
     wait_until(lambda: plot_has_drawn(tmp_path / "logs", events), timeout=60, message="plot to draw every event")
     assert pipeline.processes["model"].poll() is None, "model restarted or died"

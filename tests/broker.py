@@ -53,6 +53,21 @@ def publish_raw(amqp_url: str, queue: str, bodies: list[bytes | str | dict], hea
         connection.close()
 
 
+def queue_exists(amqp_url: str, *queues: str) -> bool:
+    """Whether every one of `queues` exists (passive declares: a missing queue closes the channel)."""
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        for queue in queues:
+            channel.queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
 def queue_depth(amqp_url: str, queue: str) -> int:
     connection = connect(amqp_url)
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pika
 
-from broker import connect, drain, publish_raw, queue_depth
+from broker import connect, drain, publish_raw, queue_depth, queue_exists
 from brokers import DRIFT_QUEUES, WORK_QUEUES, Broker, socket_inodes
 from checks import (ALERTS, DRIFT_IDS, DRIFT_STATE, check_alerts, check_dead_letters, check_drift_counts, check_plot,
                     check_rows, count_lines, parse_metric_log, read_confirmed, read_drift_counts,
@@ -210,17 +210,7 @@ class ScenarioRun:
         return sum(count for queue, count in self.broker.messages(self.vhost).items() if queue in DRIFT_QUEUES)
 
     def drift_queues_declared(self) -> bool:
-        connection = connect(self.broker.url(self.vhost))
-        try:
-            channel = connection.channel()
-            for queue in DRIFT_QUEUES:
-                channel.queue_declare(queue, passive=True)  # a missing queue closes the channel
-            return True
-        except pika.exceptions.ChannelClosedByBroker:
-            return False
-        finally:
-            if connection.is_open:
-                connection.close()
+        return queue_exists(self.broker.url(self.vhost), *DRIFT_QUEUES)
 
     def declare_drift_queues(self) -> None:
         """drift's part of the topology, as an earlier run of drift leaves it (durable)."""

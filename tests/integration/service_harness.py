@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pika
 
-from broker import amqp_url_for, connect, create_vhost, drain, queue_depth, rabbitmqctl  # noqa: F401 (re-exported)
+from broker import amqp_url_for, connect, create_vhost, drain, queue_depth, queue_exists, rabbitmqctl  # noqa: F401 (re-exported)
 from mlmonitor.topology import CLASSIC, METRIC_EVENTS_EXCHANGE, PIPELINE, Topology, declare
 from run_pipeline import Pipeline
 from waiting import wait_until
@@ -65,18 +65,6 @@ def wait_until_drained(vhost: str, *queues: str, timeout: float = 30) -> None:
         wait_until(drained, timeout, interval=0.2, message=f"{', '.join(queues)} drained (ready and unacked)")
     except AssertionError as error:
         raise AssertionError(f"{error}; messages left: {last}") from None
-
-
-def queue_exists(amqp_url: str, queue: str) -> bool:
-    connection = connect(amqp_url)
-    try:
-        connection.channel().queue_declare(queue, passive=True)
-        return True
-    except pika.exceptions.ChannelClosedByBroker:
-        return False
-    finally:
-        if connection.is_open:
-            connection.close()
 
 
 def consumers_on(amqp_url: str, queue: str) -> int:

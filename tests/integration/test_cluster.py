@@ -18,7 +18,7 @@ from sklearn.datasets import load_diabetes
 
 import dead_letters
 import rabbitmq_users
-from broker import connect, drain
+from broker import connect, drain, queue_depth
 from cluster import (cluster_ctl, cluster_up, cluster_url_for, create_cluster_vhost, delete_cluster_vhost, nodes,
                      queue_types, url_for)
 from mlmonitor.amqp import ServiceRunner
@@ -87,7 +87,7 @@ def test_a_poison_message_reaches_its_dlq_after_the_delivery_limit_and_dead_lett
     finally:
         connection.close()
     assert deliveries == DELIVERY_LIMIT + 1
-    wait_until(lambda: _depth(cluster_url, "features.dlq") == 1, 10, message="the poison message in features.dlq")
+    wait_until(lambda: queue_depth(cluster_url, "features.dlq") == 1, 10, message="the poison message in features.dlq")
 
     monkeypatch.setenv("AMQP_URL", cluster_url)
     assert dead_letters.main(["list", "--queue", "features.dlq", "--show", "1"]) == 0
@@ -95,14 +95,6 @@ def test_a_poison_message_reaches_its_dlq_after_the_delivery_limit_and_dead_lett
     assert "features.dlq: 1" in listing
     assert "delivered more times than its queue's delivery limit" in listing and "x-death: delivery_limit" in listing
     assert "from: features" in listing
-
-
-def _depth(amqp_url: str, queue: str) -> int:
-    connection = connect(amqp_url)
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        connection.close()
 
 
 def test_least_privilege_definitions_declare_the_quorum_layout(cluster_vhost, cluster_base_urls, tmp_path):

@@ -164,10 +164,10 @@ def metric_processes(partitions: int, standby: bool) -> list[tuple[str, dict[str
     return processes
 
 
-def dashboard_upstreams(replicas: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
-    """The dashboard reads 9101-9105 by default; with model replicas, their ports too, unless
-    UPSTREAM_METRICS says otherwise."""
-    extra = [env["METRICS_PORT"] for _, env in replicas if "METRICS_PORT" in env]
+def dashboard_upstreams(processes: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+    """The dashboard reads 9101-9105 by default; with model replicas or more metric processes
+    (partitions, standbys), their ports too, unless UPSTREAM_METRICS says otherwise."""
+    extra = [env["METRICS_PORT"] for _, env in processes if "METRICS_PORT" in env]
     if not extra or os.environ.get("UPSTREAM_METRICS"):
         return {}
     ports = [*METRICS_PORTS.values(), *extra]
@@ -257,15 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     consumers = [name for name in CONSUMERS if not (args.external_model and name == "model")]
     services = consumers + [name for name in OPTIONAL_SERVICES if script_of(name).exists()]
     replicas = model_replicas(args.model_replicas) if "model" in services else []
+    metrics = metric_processes(args.partitions, args.standby) if "metric" in services else []
     for service in services:
         if service == "model":
             for name, replica_env in replicas:
                 pipeline.start(service, env={**service_env(service, task), **replica_env}, name=name)
         elif service == "metric":
-            for name, metric_env in metric_processes(args.partitions, args.standby):
+            for name, metric_env in metrics:
                 pipeline.start(service, env={**service_env(service, task), **metric_env}, name=name)
         elif service == "dashboard":
-            pipeline.start(service, env={**service_env(service, task), **dashboard_upstreams(replicas)})
+            pipeline.start(service, env={**service_env(service, task), **dashboard_upstreams(replicas + metrics)})
         else:
             pipeline.start(service, env=service_env(service, task))
     if "drift" in services:
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     features = pipeline.start("features", features_args(args), env=metrics_env("features"))
     print(f"run_pipeline: started {', '.join(list(pipeline.processes))}; Ctrl-C stops them all", flush=True)
     ports = ", ".join([f"{name} :{port}" for name, port in METRICS_PORTS.items() if name in services + ["features"]]
-                      + [f"{name} :{env['METRICS_PORT']}" for name, env in replicas if "METRICS_PORT" in env])
+                      + [f"{name} :{env['METRICS_PORT']}" for name, env in replicas + metrics if "METRICS_PORT" in env])
     dashboard_url = f"http://localhost:{os.environ.get('DASHBOARD_PORT', '8000')}/"
     dashboard = f"; dashboard on {dashboard_url}" if "dashboard" in services else ""
     print(f"run_pipeline: Prometheus /metrics on {ports}{dashboard}", flush=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import run_pipeline
-from run_pipeline import METRICS_PORTS, dashboard_upstreams, model_replicas, parse_args
+from run_pipeline import METRICS_PORTS, dashboard_upstreams, metric_processes, model_replicas, parse_args
 
 
 def test_one_replica_is_the_model_of_a_run_without_replicas():
@@ -29,6 +29,17 @@ def test_the_dashboard_reads_every_replica(monkeypatch):
     assert "http://localhost:9102/metrics" in urls and "http://localhost:9122/metrics" in urls
     monkeypatch.setenv("UPSTREAM_METRICS", "none")
     assert dashboard_upstreams(model_replicas(2)) == {}  # the user's choice wins
+
+
+def test_the_dashboard_reads_every_metric_process_too(monkeypatch):
+    """Partitions and standbys each count their join buffer and expired halves."""
+    monkeypatch.delenv("UPSTREAM_METRICS", raising=False)
+    processes = metric_processes(2, standby=True)
+    urls = dashboard_upstreams(model_replicas(1) + processes)["UPSTREAM_METRICS"].split(",")
+    assert "http://localhost:9103/metrics" in urls  # metric-0 keeps metric's port
+    assert {f"http://localhost:{env['METRICS_PORT']}/metrics" for _, env in processes if "METRICS_PORT" in env} \
+        <= set(urls)
+    assert len(urls) == len(METRICS_PORTS) + len(processes) - 1
 
 
 def test_at_least_one_replica(monkeypatch, capsys):

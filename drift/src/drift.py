@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     retire_old_queues(runner.parameters)
     follower = ModelFollower(settings.models_dir, settings.model_poll_seconds,
                              calibration_of(settings.false_alarms_per_100k, settings.reference_margin), store,
-                             worker, lambda: runner.stop_requested)
+                             worker, lambda: runner.stop_requested, runner.request_stop)
     follower.start()
     try:
         return runner.run()

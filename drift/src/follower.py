@@ -60,13 +60,14 @@ def start_monitor(card: ModelCard, store: StateStore, calibration: Mapping[str, 
 
 class ModelFollower:
     def __init__(self, models_dir: Path, poll_seconds: float, calibration: Mapping[str, float], store: StateStore,
-                 worker: Worker, should_stop: Callable[[], bool]):
+                 worker: Worker, should_stop: Callable[[], bool], give_up: Callable[[int], None] = lambda code: None):
         self._models_dir = Path(models_dir)
         self._poll_seconds = poll_seconds
         self._calibration = dict(calibration)
         self._store = store
         self._worker = worker
         self._should_stop = should_stop
+        self._give_up = give_up  # ends the service with an exit code (ServiceRunner.request_stop)
         self._stopped = threading.Event()
         self._settled: FileSignature | None = None  # the card last taken, refused or found unchanged
         self._version: str | None = None
@@ -85,13 +86,21 @@ class ModelFollower:
         return self._stopped.is_set() or self._should_stop()
 
     def _run(self) -> None:
+        started = False
         try:
-            if not self._start_first():
+            started = self._start_first()
+            if not started:
                 return
             while not self._stopped.wait(self._poll_seconds):
                 self.check()
         except Exception:
-            log.exception("bug while following the model card; drift keeps the version it watches")
+            if started:
+                log.exception("bug while following the model card; drift keeps the version it watches")
+                return
+            # Without a first monitor drift would hold its deliveries and watch nothing: better a
+            # restart (compose's restart policy, or the operator) than a silent monitor.
+            log.exception("bug while building the first monitor; drift stops with exit code 1")
+            self._give_up(1)
 
     def _start_first(self) -> bool:
         while not self._stopping():

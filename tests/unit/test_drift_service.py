@@ -493,6 +493,24 @@ def test_the_follower_hands_over_each_new_version_once_and_keeps_watching_throug
                                        "performance"])]
 
 
+def test_a_bug_before_the_first_monitor_stops_drift_with_exit_code_1(tmp_path, caplog, monkeypatch):
+    """Drift without a monitor would hold its deliveries and watch nothing: it stops instead."""
+    import follower as follower_module
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(follower_module, "start_monitor", broken)
+    models_dir, exit_codes = tmp_path / "models", []
+    write_card(models_dir, card_for("v1"))
+    follower = ModelFollower(models_dir, 0.01, CALIBRATION, StateStore(tmp_path / "logs"), RecordingWorker(),
+                             lambda: False, exit_codes.append)
+    follower.start()
+    follower._thread.join(10)
+    assert exit_codes == [1]
+    assert "bug while building the first monitor; drift stops with exit code 1" in caplog.text
+
+
 def test_a_version_swapped_in_resolves_the_open_alerts_at_the_next_snapshot(worker):
     worker, session, logs_dir = worker
     worker.on_batch([FakeDelivery(DRIFT_PREDICTIONS, message) for message in reference_rows(400, 0, area_shift=60)])

@@ -6,11 +6,11 @@ CVMDriftOnline on the same streams.
 
 Streams replay the training population, seeded: rows of learn_model's training split of the
 diabetes data drawn with replacement, the model's (learn_model's Ridge) prediction for each, and
-y_true = prediction + a held-out residual drawn with replacement, so that the errors are those of
-the held-out rows the card's reference summarises. The performance detector takes the signed
-residual y − ŷ (detectors_for(..., residuals=True), as the drift service is to run it). A second
-stationary stream replays what `make run` does: all 442 rows with their own y. A change starts at
-event CHANGE_AT:
+y_true = prediction + a residual drawn with replacement from those the card's reference
+summarises (the held-out rows' and the training rows' out of fold), so that the errors are the
+reference's. The performance detector takes the signed residual y − ŷ (detectors_for(...,
+residuals=True), as the drift service runs it). A second stationary stream replays what `make run`
+does: all 442 rows with their own y. A change starts at event CHANGE_AT:
 - a mean shift of one feature (bmi) by 0.25, 0.5 and 1 reference σ (the model then sees it too);
 - a shift of three features (bmi, bp, s5) by 0.5 σ at once;
 - a concept change: y_true moves by 0.5 and 1 residual σ, the features stay put.
@@ -80,7 +80,8 @@ class Population:
 
     def __init__(self):
         sys.path[:0] = [str(ROOT / "learn_model" / "src"), str(ROOT / "drift" / "src")]
-        from learn_model import Settings, train
+        from learn_model import REGRESSION, Settings, out_of_fold, train
+        import pandas as pd
         from mlmonitor.reference import numeric_stats
         from sklearn.datasets import load_diabetes
         from sklearn.model_selection import train_test_split
@@ -92,14 +93,17 @@ class Population:
         self.model = trained.model
         data = load_diabetes()
         self.names = list(data.feature_names)
-        x_train, x_holdout, _, y_holdout = train_test_split(data.data, data.target, test_size=0.2, random_state=42)
+        x_train, x_holdout, y_train, y_holdout = train_test_split(data.data, data.target, test_size=0.2, random_state=42)
         self.x_train = x_train
         # What older cards held: the predictions of the 89 held-out rows alone (their mean 2.1
         # standard errors off the training population's), and no residuals; the bench reports
         # what that reference costs in false alarms.
         self.old_reference = {key: value for key, value in self.reference.items() if key != "residuals"}
         self.old_reference["predictions"] = numeric_stats(self.model.predict(x_holdout))
-        self.residuals = y_holdout - self.model.predict(x_holdout)
+        # The residuals the card summarises: the held-out rows', then the training rows' out of fold
+        # (learn_model's reference_folds), so that a stationary stream's errors are the reference's.
+        oof = out_of_fold(REGRESSION, self.model, x_train, pd.Series(y_train), settings)
+        self.residuals = np.concatenate([y_holdout - self.model.predict(x_holdout), y_train - oof.predicted])
         self.residual_std = float(self.residuals.std())
         self.std = {name: self.reference["features"][name]["std"] for name in self.names}
         self.mean = {name: self.reference["features"][name]["mean"] for name in self.names}

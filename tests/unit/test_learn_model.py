@@ -11,7 +11,7 @@ import pytest
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 from sklearn.metrics import brier_score_loss
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, train_test_split
 
 import learn_model
 from learn_model import (
@@ -120,27 +120,40 @@ def test_the_default_run_trains_todays_model_and_card(tmp_path):
     assert set(reference["features"]) == set(DIABETES_NAMES)
     assert reference["features"]["bmi"]["count"] == 353 and reference["features"]["bmi"]["kind"] == "numeric"
     assert reference["predictions"]["count"] == 442  # every row: the 353 training rows and the 89 held out
-    assert reference["errors"]["count"] == reference["residuals"]["count"] == 89
-    assert reference["errors"]["mean"] == pytest.approx(card["holdout_mae"])
+    # the 89 held-out rows' errors, then the 353 training rows' out of fold
+    assert reference["errors"]["count"] == reference["residuals"]["count"] == 442
     assert reference["target"]["kind"] == "numeric" and reference["target"]["count"] == 353
     estimator, _ = load_model(tmp_path)
     assert isinstance(estimator, Ridge)
 
 
-def test_the_card_summarises_the_predictions_on_every_row_and_the_held_out_residuals():
+def test_the_card_summarises_the_predictions_on_every_row_and_held_out_and_out_of_fold_residuals():
     trained = train(load_settings(Settings, []))
     data = load_diabetes()
-    x_train, x_holdout, _, y_holdout = train_test_split(data.data, data.target, test_size=0.2, random_state=42)
+    x_train, x_holdout, y_train, y_holdout = train_test_split(data.data, data.target, test_size=0.2, random_state=42)
     model, reference = expected_ridge(0.1), trained.card.reference
     every_prediction = np.concatenate([model.predict(x_train), model.predict(x_holdout)])
-    residuals = y_holdout - model.predict(x_holdout)
+    out_of_fold = np.empty(len(y_train))
+    for fitted_on, predicted_for in KFold(5, shuffle=True, random_state=42).split(x_train):
+        out_of_fold[predicted_for] = Ridge(alpha=0.1).fit(x_train[fitted_on], y_train[fitted_on]).predict(
+            x_train[predicted_for])
+    residuals = np.concatenate([y_holdout - model.predict(x_holdout), y_train - out_of_fold])
 
     assert reference["predictions"]["mean"] == pytest.approx(every_prediction.mean())
     assert reference["predictions"]["std"] == pytest.approx(every_prediction.std())
     assert reference["residuals"]["mean"] == pytest.approx(residuals.mean())
     assert reference["residuals"]["std"] == pytest.approx(residuals.std())
     assert reference["residuals"]["min"] < 0 < reference["residuals"]["max"]  # signed: y − ŷ
-    assert reference["errors"]["mean"] == pytest.approx(np.abs(residuals).mean())  # as it was
+    assert reference["errors"]["mean"] == pytest.approx(np.abs(residuals).mean())
+    # out of fold, not in sample: the training rows' own fit would make their errors smaller
+    in_sample = np.abs(y_train - model.predict(x_train)).mean()
+    assert np.abs(y_train - out_of_fold).mean() > in_sample
+
+
+def test_reference_folds_0_keeps_the_held_out_rows_alone():
+    card = train(load_settings(Settings, ["--reference-folds", "0"])).card
+    assert card.reference["errors"]["count"] == card.reference["residuals"]["count"] == 89
+    assert card.reference["errors"]["mean"] == pytest.approx(card.holdout_mae)
 
 
 def test_the_default_card_gives_the_drift_detectors_their_reference():
@@ -268,6 +281,7 @@ def test_a_binary_classifier_with_yes_no_labels(tmp_path, capsys):
     assert set(reference["predictions"]["frequencies"]) <= {"no", "yes"}
     assert reference["predictions"]["top_probability"]["min"] >= 0.5
     assert 0 <= reference["errors"]["min"] and reference["errors"]["max"] <= 1
+    assert reference["errors"]["count"] == card["train_rows"] + card["holdout_rows"]  # held out, then out of fold
     assert set(reference["target"]["frequencies"]) == {"no", "yes"}
 
     model, _ = load_model(tmp_path / "models")

@@ -30,12 +30,13 @@ A one-sided CUSUM S = max(0, S + sign·z − k) is the quickest detector of a me
 k = δ/2, up and down (SHIFTS). Several k's cost little, because thresholds grow only with the log
 of the run length. The categories' indicators and the missing rate get up-charts only (a category
 losing share means others gain it), and performance only an up-chart on the error: a model that
-gets better is not an alarm. A regressor's card also has the held-out residuals y − ŷ: with
-`detectors_for(..., residuals=True)` the performance detector (PerformanceDetector) takes the
-signed residual and adds up and down charts on it, standardised by the held-out residuals: a bias
-either way is a degradation, and it shows long before the absolute error grows (y_true moved by
-half a residual σ: 157 events instead of 3,400, bench/drift.py). An older card, or a classifier's,
-has no residuals; its performance detector takes the absolute error as before.
+gets better is not an alarm. A regressor's card also has the residuals y − ŷ (held out, and the
+training rows' out of fold): with `detectors_for(..., residuals=True)` the performance detector
+(PerformanceDetector) takes the signed residual and adds up and down charts on it, standardised by
+the reference's residuals: a bias either way is a degradation, and it shows long before the
+absolute error grows (y_true moved by half a residual σ: 157 events instead of 3,400 when it was
+measured, bench/drift.py). An older card, or a classifier's, has no residuals; its performance
+detector takes the absolute error as before.
 
 Calibration
 -----------
@@ -78,12 +79,12 @@ as the population. Measured on the diabetes card (bench/drift.py, all 13 detecto
 
     margin   false alarms per 100k:            bmi shifted by           y_true moved by
              training population / `make run`  0.25 / 0.5 / 1 σ         0.5 / 1 residual σ
-    0        0.75 / 1.75                       385 / 101 / 35           105 / 35
-    0.5      0.30 / 0.25                       489 / 114 / 38           145 / 43
-    1        0.00 / 0.00                       576 / 134 / 42           216 / 51
+    0        0.75 / 1.65                       385 / 101 / 35           94 / 32
+    0.5      0.30 / 0.25                       492 / 114 / 38           102 / 36
+    1        0.00 / 0.00                       576 / 134 / 42           132 / 38
 
 The default, DEFAULT_REFERENCE_MARGIN = 0.5, is the smallest margin whose measured rate on both
-stationary streams stays within the budget. Margin 0 raised 1.75 per 100k on the replay of all 442
+stationary streams stays within the budget. Margin 0 raised 1.65 per 100k on the replay of all 442
 rows: the 89 held-out rows make that population differ from the 353-row reference by about half a
 standard error. (With the union bound over all 117 charts instead of the joint calibration, margin
 0.5 measured 0.15 / 0.15 and 543 / 137 / 37.)
@@ -92,7 +93,8 @@ Alarms
 ------
 A detector raises when any chart reaches its threshold and then stays raised, each chart held at
 its threshold, until every chart has fallen below half of it (RESOLVE_FRACTION): one alert per
-episode, resolved within about h/(2k) events of the stream returning to the reference. Its score is
+episode, resolved within about h/(2k) events of the stream returning to the reference. Resolving
+restarts every chart from 0, so that the next episode's run length is the one calibrated. Its score is
 max(S/h) over its charts, so its threshold is 1. An explanation names the chart that fired, the
 reference, the values since that chart last stood at 0 (the CUSUM's estimate of when the change
 began): how many, their mean or the category's share among them, and the last 100 values the
@@ -111,8 +113,8 @@ ones through one pass together. CPU per event for the diabetes card's 13 detecto
 µs, process time on a shared 2-core machine; one event at a time cost 168 before batches):
 
     batch of                          1      10     100    1,000
-    each detector's update_batch     67      52     7.4    2.5     (a batch of 1 is update())
-    a DetectorSet per stream         74      27     4.7    1.3
+    each detector's update_batch     74      49     6.6    2.2     (a batch of 1 is update())
+    a DetectorSet per stream         81      26     4.4    1.7
 """
 
 from __future__ import annotations
@@ -339,6 +341,7 @@ class ChartBank:
         self.raised = (self.raised | raised) & ~resolved
         if self.raised.any():
             np.minimum(statistic, limit, out=statistic, where=self.raised[:, None])
+        statistic[resolved] = 0  # restarted from 0, as Detector._flip does
         return raised.astype(np.int8) - resolved.astype(np.int8)
 
 
@@ -550,12 +553,17 @@ class Detector:
     def _flip(self) -> Decision:
         """Opens or closes the episode at the current event; a raised detector's charts are then held
         at their thresholds, so that they fall back within about h/(2k) events of the stream's
-        return, however long the episode was."""
+        return, however long the episode was. A resolved one's charts restart from 0, as they
+        started: the false-alarm rate is calibrated on run lengths from 0, and charts left just
+        under half their thresholds would raise again sooner than that."""
         self._raised = not self._raised
         decision = Decision(RAISED if self._raised else RESOLVED, self.kind, self.feature, self.events,
                             round(self.score, 4), self.threshold, self.explain())
         if self._raised:
             self._statistic = list(map(min, self._statistic, self._limits))
+        else:
+            size = len(self._statistic)
+            self._statistic, self._run_events, self._run_total = [0] * size, [0] * size, [0.0] * size
         return decision
 
     def _one_stream(self) -> None:

@@ -234,6 +234,26 @@ def test_raised_once_per_episode_and_resolved_after_it(detectors):
     assert 7000 < up2 < 7100 and 8000 < down2 < 8400
 
 
+def test_resolving_restarts_the_charts_from_zero_as_calibrated(detectors):
+    """The false-alarm rate is calibrated on run lengths from 0; charts left just under half their
+    thresholds after an episode would raise again sooner."""
+    detector = named(detectors, "feature.x").copy_for(1)
+    rng = np.random.default_rng(9)
+    stream = np.concatenate([rng.standard_normal(500) + 1.0, rng.standard_normal(3000)])
+    decisions = []
+    for value in stream:
+        if (decision := detector.update(float(value))) is not None:
+            decisions.append(decision)
+            if decision.state == drift.RESOLVED:
+                break
+    assert [decision.state for decision in decisions] == [drift.RAISED, drift.RESOLVED]
+    assert decisions[1].score > 0 and detector.score == 0  # the alert tells where it stood; then 0
+    streams = named(detectors, "feature.x").copy_for(3)
+    outcomes = [streams.update_many(np.full(3, value)) for value in stream[:decisions[1].events]]
+    assert (outcomes[-1] == -1).all() and not streams.bank.statistic.any()  # the simulations' path alike
+
+
+
 def test_the_state_round_trips_through_json_and_gives_the_same_decisions(detectors):
     rng = np.random.default_rng(9)
     stream = np.concatenate([rng.standard_normal(2000), rng.standard_normal(2000) + 0.5, rng.standard_normal(3000)])

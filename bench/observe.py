@@ -75,6 +75,30 @@ class Probe(_Loop):
         self.sent_at.setdefault(str(event["id"]), event.get("sent_at"))
 
 
+class NewLines:
+    """The whole lines appended to a file since the last read: None when nothing was appended (or
+    the file doesn't exist yet), else the lines completed, maybe none."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._offset = 0
+        self._pending = b""
+
+    def read(self) -> list[bytes] | None:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        if not data:
+            return None
+        self._offset += len(data)
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        return lines
+
+
 class CsvTail(_Loop):
     """Rows of one log, or of every partition's shard together, in the order the polls saw them."""
 
@@ -85,28 +109,19 @@ class CsvTail(_Loop):
         self.seen_at: list[float] = []
 
     def loop(self) -> None:
-        offsets = {path: 0 for path in self.paths}
-        pending = {path: b"" for path in self.paths}
-        header_skipped = {path: False for path in self.paths}
+        tails = [NewLines(path) for path in self.paths]
+        header_skipped = [False] * len(tails)
         while not self._stopping.is_set():
             read_any = False
-            for path in self.paths:
-                try:
-                    with open(path, "rb") as handle:
-                        handle.seek(offsets[path])
-                        data = handle.read()
-                except FileNotFoundError:
-                    data = b""
-                if not data:
+            for index, tail in enumerate(tails):
+                lines = tail.read()
+                if lines is None:
                     continue
                 read_any = True
                 now = time.time()
-                offsets[path] += len(data)
-                lines = (pending[path] + data).split(b"\n")
-                pending[path] = lines.pop()
-                if not header_skipped[path] and lines:
+                if not header_skipped[index] and lines:
                     lines.pop(0)
-                    header_skipped[path] = True
+                    header_skipped[index] = True
                 for line in lines:
                     self.ids.append(line.split(b",", 1)[0].decode())
                     self.seen_at.append(now)
@@ -156,18 +171,10 @@ class DriftTail(_Loop):
         self.counted: list[tuple[float, int, int]] = []  # (time, predictions, outcomes) at each change
 
     def loop(self) -> None:
-        offset, pending = 0, b""
+        tail = NewLines(self.path)
         while not self._stopping.is_set():
-            try:
-                with open(self.path, "rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read()
-            except FileNotFoundError:
-                data = b""
-            if data:
-                offset += len(data)
-                lines = (pending + data).split(b"\n")
-                pending = lines.pop()
+            lines = tail.read()
+            if lines is not None:
                 self.predictions += sum(line.startswith(b"p ") for line in lines)
                 self.outcomes += sum(line.startswith(b"o ") for line in lines)
                 self.counted.append((time.time(), self.predictions, self.outcomes))

@@ -15,7 +15,7 @@ from waiting import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import bare  # noqa: E402
-from observe import CsvTail, Sampler  # noqa: E402
+from observe import CsvTail, DriftTail, NewLines, Sampler  # noqa: E402
 
 pytestmark = pytest.mark.broker
 NOBODY_LISTENS = "amqp://guest:guest@127.0.0.1:1/"  # refused at once: a node that is down
@@ -59,6 +59,33 @@ def test_csv_tail_reads_every_shard(tmp_path):
         tail.stop()
     assert sorted(tail.ids) == ["a", "b", "c", "d"]
     assert tail.seen_at == sorted(tail.seen_at)
+
+
+def test_new_lines_holds_a_partial_line_back_until_it_is_whole(tmp_path):
+    path = tmp_path / "drift.log"
+    lines = NewLines(path)
+    assert lines.read() is None  # not there yet
+    path.write_bytes(b"p 1\np 2\no 1")
+    assert lines.read() == [b"p 1", b"p 2"]
+    assert lines.read() is None
+    with open(path, "ab") as handle:
+        handle.write(b" 2\n")
+    assert lines.read() == [b"o 1 2"]
+
+
+def test_drift_tail_counts_predictions_and_outcomes(tmp_path):
+    path = tmp_path / "drift.log"
+    tail = DriftTail(path, interval=0.01)
+    tail.start()
+    try:
+        path.write_bytes(b"p a\np b\no a\n")
+        wait_until(lambda: tail.caught_up(1), 10, message="one outcome")
+        with open(path, "ab") as handle:
+            handle.write(b"o b\n")
+        wait_until(lambda: tail.caught_up(2), 10, message="two of each")
+    finally:
+        tail.stop()
+    assert (tail.predictions, tail.outcomes) == (2, 2)
 
 
 def test_bare_gives_up_when_no_node_answers():

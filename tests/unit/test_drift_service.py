@@ -28,6 +28,7 @@ from mlmonitor.schema import FeatureSchema, FeatureSpec  # noqa: E402
 from mlmonitor.topology import DRIFT_EVENTS, DRIFT_PREDICTION_BATCHES, DRIFT_PREDICTIONS, MONITOR_ALERTS_EXCHANGE  # noqa: E402
 from monitor import OUTCOMES, PREDICTIONS, DriftMonitor, build_detectors, calibration_of  # noqa: E402
 from state_store import StateStore, parse_ids  # noqa: E402
+from fakes import FakeDelivery  # noqa: E402
 
 CALIBRATION = calibration_of(1.0, 1.0)
 RNG = np.random.default_rng(7)
@@ -305,17 +306,6 @@ def test_start_without_a_snapshot_says_so_in_one_line(tmp_path):
 
 
 # --- the worker: acks after effects -----------------------------------------------------------------------
-
-class FakeDelivery:
-    def __init__(self, queue_name: str, message):
-        self.queue = queue_name
-        self.body = message.encode() if hasattr(message, "encode") else message
-        self.headers = {}
-        self.acked = 0
-
-    def ack(self) -> None:
-        self.acked += 1
-
 
 class FakeSession:
     """Publishes wait for the test to confirm them; thread callbacks wait in a queue."""

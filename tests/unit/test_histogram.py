@@ -11,6 +11,8 @@ from mlmonitor.messages import MetricAdded
 from mlmonitor.metric_log import HEADER_LINE
 from mlmonitor.settings import load_settings
 from plot import ErrorHistogram, HistogramPlotter, Settings, render_histogram
+from fakes import FakeDelivery
+from mlmonitor.topology import METRIC_ADDED
 
 
 def test_counts_match_numpy_after_many_adds_that_widen_the_bins():
@@ -89,16 +91,6 @@ def test_render_of_an_empty_histogram_works(tmp_path):
     assert matplotlib.image.imread(path).size > 0
 
 
-class FakeDelivery:
-    def __init__(self, body: bytes):
-        self.queue = "metric_added"
-        self.body = body
-        self.acked = 0
-
-    def ack(self) -> None:
-        self.acked += 1
-
-
 @pytest.fixture
 def plotter(tmp_path):
     rendered = []
@@ -129,7 +121,7 @@ def test_events_for_ids_already_counted_are_acked_but_not_counted_again(tmp_path
     csv_path = tmp_path / "metric_log.csv"
     csv_path.write_text(HEADER_LINE + "a,10.0,12.0,2.0\n")
     plotter.restore(csv_path)
-    deliveries = [FakeDelivery(MetricAdded(id=id, y_true=1.0, y_pred=1.0 + error, absolute_error=error).encode())
+    deliveries = [FakeDelivery(METRIC_ADDED, MetricAdded(id=id, y_true=1.0, y_pred=1.0 + error, absolute_error=error))
                   for id, error in [("a", 2.0), ("b", 3.0), ("b", 3.0)]]
     plotter.on_batch(deliveries)
     assert plotter.histogram.count == 2
@@ -191,7 +183,7 @@ class FakeTimerSession:
 def test_redraws_are_coalesced_but_an_event_after_a_quiet_spell_is_drawn_at_once(plotter):
     session = FakeTimerSession()
     plotter._session = session
-    event = lambda id: FakeDelivery(MetricAdded(id=id, y_true=1.0, y_pred=2.0, absolute_error=1.0).encode())
+    event = lambda id: FakeDelivery(METRIC_ADDED, MetricAdded(id=id, y_true=1.0, y_pred=2.0, absolute_error=1.0))
     plotter.on_batch([event("a")])
     plotter.on_batch([event("b")])
     assert [delay for delay, _ in session.timers] == [0.0]  # one redraw scheduled, right away
@@ -210,7 +202,7 @@ def test_each_redraw_reports_its_duration_and_the_oldest_event_wait(plotter, mon
     before = {name: sample(name) for name in ("mlmonitor_plot_redraw_seconds_count",
                                               "mlmonitor_plot_event_wait_seconds_count",
                                               "mlmonitor_plot_event_wait_seconds_sum")}
-    event = lambda id: FakeDelivery(MetricAdded(id=id, y_true=1.0, y_pred=2.0, absolute_error=1.0).encode())
+    event = lambda id: FakeDelivery(METRIC_ADDED, MetricAdded(id=id, y_true=1.0, y_pred=2.0, absolute_error=1.0))
     plotter.on_batch([event("a")])
     clock[0] += 0.2
     plotter.on_batch([event("b")])  # waits less than "a": the oldest one is what the redraw reports
@@ -238,7 +230,7 @@ def test_a_failed_redraw_is_tried_again_after_redraw_seconds(plotter):
         plotter.rendered.append(histogram.count)
 
     plotter._render = render
-    delivery = FakeDelivery(MetricAdded(id="a", y_true=1.0, y_pred=2.0, absolute_error=1.0).encode())
+    delivery = FakeDelivery(METRIC_ADDED, MetricAdded(id="a", y_true=1.0, y_pred=2.0, absolute_error=1.0))
     plotter.on_batch([delivery])
     session.fire()
     assert delivery.acked == 0 and len(session.timers) == 1

@@ -14,16 +14,7 @@ from mlmonitor.messages import MetricAddedBatch, PredictionMessage, TargetMessag
 from mlmonitor.metric_log import HEADER_LINE, MetricLogWriter
 from mlmonitor.settings import load_settings
 from mlmonitor.topology import METRIC_BATCHES_EXCHANGE
-
-
-class FakeDelivery:
-    def __init__(self, queue_name: str, body: bytes):
-        self.queue = queue_name
-        self.body = body
-        self.acked = 0
-
-    def ack(self) -> None:
-        self.acked += 1
+from fakes import FakeDelivery
 
 
 class FakeSession:

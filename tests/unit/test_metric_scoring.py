@@ -9,6 +9,7 @@ from metric import MetricJoiner, Pair, ScoredPair, Settings, score
 from mlmonitor.messages import MetricAdded, PredictionMessage, TargetMessage
 from mlmonitor.metric_log import HEADER_LINE, MetricLogWriter, MetricRow, read_rows
 from mlmonitor.settings import load_settings
+from fakes import FakeDelivery
 
 
 def target(body, id: str = "a", sent_at: float | None = None) -> TargetMessage:
@@ -96,13 +97,6 @@ def test_a_regression_event_is_the_same_bytes_as_before_classifiers():
     event = ScoredPair(pair, score(pair.y_true, pair.y_pred, "auto")).event()
     assert event.encode() == (b'{"id":"a","y_true":151.0,"y_pred":160.25,"absolute_error":9.25,'
                               b'"model_version":"v7","sent_at":1700000000.5}')
-
-
-class FakeDelivery:
-    def __init__(self, queue_name: str, message):
-        self.queue = queue_name
-        self.body = message.encode()
-        self.acked = 0
 
 
 class DeadLetteringSession:

@@ -26,6 +26,7 @@ from mlmonitor.topology import FEATURES, MODEL_PREDICTIONS_EXCHANGE, PREDICTION_
 from model import (VERSIONS_REFUSED, CardWatcher, IncompatibleModel, Predictor, ServedModel, card_signature,
                    label_value, labels_and_probabilities, load_version, parse_trusted_types, refusal_reason,
                    smoke_row)
+from fakes import FakeDelivery
 
 DIABETES = load_diabetes()
 NAMES = list(DIABETES.feature_names)
@@ -90,17 +91,6 @@ def classifier() -> ServedModel:
 # --- fakes --------------------------------------------------------------------------------------
 
 
-class FakeDelivery:
-    def __init__(self, body: bytes):
-        self.queue = FEATURES
-        self.body = body
-        self.headers = {}
-        self.acked = False
-
-    def ack(self) -> None:
-        self.acked = True
-
-
 class FakeSession:
     """Publishes are confirmed at once (unless `confirm_later`); threadsafe callbacks wait until the test
     runs them. Drift's batches are kept apart from the predictions."""
@@ -142,7 +132,7 @@ class FakeSession:
 
 
 def delivery(event_id: str, body, **extra) -> FakeDelivery:
-    return FakeDelivery(json.dumps({"id": event_id, "body": body, **extra}).encode())
+    return FakeDelivery(FEATURES, json.dumps({"id": event_id, "body": body, **extra}).encode())
 
 
 def run_batch(model: ServedModel, deliveries: list[FakeDelivery]) -> FakeSession:
@@ -205,7 +195,7 @@ def test_an_unseen_category_is_refused_where_the_encoder_would_fail():
 
 
 def test_a_message_that_is_not_a_features_message_is_dead_lettered(regressor):
-    bad = FakeDelivery(b'{"id": "x", "body": 3}')
+    bad = FakeDelivery(FEATURES, b'{"id": "x", "body": 3}')
     session = run_batch(regressor, [bad])
     assert "body: Input should be a list or an object" in session.dead_letters[bad.body]
 

@@ -63,6 +63,9 @@ MAX_INFERRED_CLASS_SHARE = 0.2  # at most this share of the rows, are taken for 
 MAX_CARD_CATEGORIES = 1000
 MISSING_CATEGORY = "missing"
 ROUND_TRIP_ROWS = 5
+# Held-out rows enough for the reference's errors on their own: their mean is then known to within
+# 1/45 of their σ, and out-of-fold errors would only cost more fits.
+ENOUGH_HELD_OUT_ROWS = 2000
 
 
 class Settings(CommonSettings):
@@ -72,8 +75,8 @@ class Settings(CommonSettings):
     seed: int = Field(42, description="Random seed of the train/holdout split.")
     reference_folds: int = Field(5, ge=0, le=20, description=(
         "Cross-validation folds over the training rows whose out-of-fold errors join the held-out ones in "
-        "the drift reference (more rows: a tighter reference, quicker alerts); each fold fits the estimator "
-        "once more. 0 or 1: the held-out rows alone."))
+        "the drift reference (more rows: a tighter reference, quicker alerts), when fewer than 2,000 rows are "
+        "held out; each fold fits the estimator once more. 0 or 1: the held-out rows alone."))
     data: Path | None = Field(None, description="CSV or Parquet table to train on (default: the diabetes data).")
     target: str | None = Field(None, description="With --data: the column to predict; the others are the features.")
     task: Literal["auto", "regression", "classification"] = Field(
@@ -353,7 +356,7 @@ def train(settings: Settings) -> Trained:
         raise UsageError(f"{described} can't be fitted on {table.source}: {type(error).__name__}: "
                          f"{_one_line(error)}") from None
     evaluation = evaluate(task, model, _model_input(x_holdout, table), y_holdout, y_train, _model_input(x_train, table),
-                          out_of_fold(task, model, _model_input(x_train, table), y_train, settings))
+                          out_of_fold(task, model, _model_input(x_train, table), y_train, settings, len(y_holdout)))
     card = ModelCard(
         version="",
         trained_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -411,13 +414,15 @@ class OutOfFold(NamedTuple):
     probabilities: np.ndarray | None
 
 
-def out_of_fold(task: str, model, train_input, y_train: pd.Series, settings: Settings) -> OutOfFold | None:
+def out_of_fold(task: str, model, train_input, y_train: pd.Series, settings: Settings,
+                held_out_rows: int = 0) -> OutOfFold | None:
     """Out-of-fold predictions of the training rows, for the reference's errors and residuals: the
     held-out rows alone (89 of the diabetes data's 442) leave the residuals' mean uncertain by a
     tenth of their σ, and a detector calibrated against that uncertainty waits longer for a real
-    bias. None when reference_folds < 2 or the estimator can't be cross-validated here."""
+    bias. None when reference_folds < 2, when ENOUGH_HELD_OUT_ROWS are held out anyway, or when the
+    estimator can't be cross-validated here."""
     folds = min(settings.reference_folds, len(y_train))
-    if folds < 2:
+    if folds < 2 or held_out_rows >= ENOUGH_HELD_OUT_ROWS:
         return None
     splitter = (StratifiedKFold if task == CLASSIFICATION else KFold)(folds, shuffle=True, random_state=settings.seed)
     target = y_train.to_numpy()

@@ -150,6 +150,16 @@ def test_the_card_summarises_the_predictions_on_every_row_and_held_out_and_out_o
     assert np.abs(y_train - out_of_fold).mean() > in_sample
 
 
+def test_with_2000_rows_held_out_the_reference_needs_no_out_of_fold_fits(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(10_000, 3))
+    frame = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": x @ [1.0, 2.0, 3.0] + rng.normal(size=10_000)})
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    card = train(load_settings(Settings, ["--data", str(tmp_path / "big.csv"), "--target", "y"])).card
+    assert card.holdout_rows == 2000
+    assert card.reference["errors"]["count"] == card.reference["residuals"]["count"] == 2000
+
+
 def test_reference_folds_0_keeps_the_held_out_rows_alone():
     card = train(load_settings(Settings, ["--reference-folds", "0"])).card
     assert card.reference["errors"]["count"] == card.reference["residuals"]["count"] == 89

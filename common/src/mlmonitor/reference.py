@@ -58,10 +58,12 @@ errors off the training rows'.) A regressor's are numeric stats; a classifier's 
 categorical stats of the predicted classes, plus, when it has probabilities, `"top_probability"`:
 numeric stats of the probability of the predicted class.
 
-Errors and residuals are the held-out rows', then the training rows' out of fold (learn_model's
-`reference_folds`: each predicted by a model fitted without it; in-sample they would be smaller than
-on new data). The held-out rows alone, 89 of the diabetes data's 442, left the residuals' mean
-0.06 σ off the population's and uncertain by 0.1 σ. Errors are those the metric service logs (mlmonitor.tasks): |y − ŷ| for a regressor,
+Errors and residuals are the held-out rows', then, with fewer than 2,000 held out, the training
+rows' out of fold (learn_model's `reference_folds`: each predicted by a model fitted without it;
+in-sample they would be smaller than on new data). The held-out rows alone, 89 of the diabetes
+data's 442, left the residuals' mean 0.06 σ off the population's and uncertain by 0.1 σ.
+
+Errors are those the metric service logs (mlmonitor.tasks): |y − ŷ| for a regressor,
 1 − p(true class) for a classifier with probabilities, else 0 (right) or 1 (wrong). Residuals,
 y − ŷ, signed, are a regressor's only (a classifier has none, and neither has a card written
 before they were added): with them a drift detector can tell a bias, either way, from noise.

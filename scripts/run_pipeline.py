@@ -75,6 +75,11 @@ class Pipeline:
         self.processes[name] = process
         return process
 
+    def output(self, name: str) -> str:
+        """What the process `name` has written so far ("" before it has), with output_dir set."""
+        path = self.output_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def run_to_end(self, service: str, args: list[str] = (), timeout: float = 300) -> int:
         exit_code = self.start(service, args).wait(timeout)
         del self.processes[service]

@@ -226,8 +226,8 @@ class ScenarioRun:
             handle.write(f"{datetime.now():%Y-%m-%d %H:%M:%S,%f}"[:-3] + f" faults {text}\n")
 
     def output(self, service: str) -> str:
-        path = self.dir / "output" / f"{service}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        """A process's output so far (every pipeline of the run writes into the same folder)."""
+        return self.pipelines.get(service, self.pipelines["features"]).output(service)
 
     def at_fraction(self, fraction: float, timeout: float = 120) -> None:
         """Waits until `fraction` of the events have rows: a moment mid-stream."""

@@ -38,8 +38,7 @@ def wait_for_rows(logs_dir: Path, count: int, timeout: float = 30) -> list[dict]
 
 
 def output_of(pipeline: Pipeline, service: str) -> str:
-    path = pipeline.output_dir / f"{service}.log"
-    return path.read_text(errors="replace") if path.exists() else ""
+    return pipeline.output(service)
 
 
 def wait_for_output(pipeline: Pipeline, service: str, text: str, timeout: float = 30, times: int = 1) -> None:

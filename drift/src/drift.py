@@ -67,6 +67,10 @@ DUPLICATES = Counter("mlmonitor_drift_duplicates_total", "Events skipped as thei
 ALERTS = Counter("mlmonitor_drift_alerts_total", "Alerts decided.", ["kind", "state"])
 SNAPSHOT_SECONDS = Histogram("mlmonitor_drift_snapshot_seconds", "Time to make one snapshot durable.",
                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+BACKLOG = Gauge("mlmonitor_drift_backlog_messages",
+                "Ready messages in each of drift's queues, polled every BACKLOG_POLL_SECONDS. They are outside "
+                "features' backpressure: a backlog that keeps growing means drift is falling behind.", ["queue"])
+BACKLOG_POLL_SECONDS = 5.0
 RECENT_ALERTS = 50
 MESSAGE_TYPES = {DRIFT_PREDICTIONS: PredictionWithInputs, DRIFT_PREDICTION_BATCHES: PredictionBatch,
                  DRIFT_EVENTS: MetricAddedBatch}
@@ -178,6 +182,7 @@ class DriftWorker:
         self._take_offers()
         session.every(self._settings.snapshot_seconds, self._snapshot)
         session.every(1.0, self._tick)
+        session.watch_queue_depths(DRIFT_QUEUES, BACKLOG_POLL_SECONDS, show_backlog)
 
     def on_disconnected(self) -> None:
         self._session = None
@@ -399,6 +404,11 @@ def retire_old_queues(parameters) -> None:
         finally:
             if connection.is_open:
                 connection.close()
+
+
+def show_backlog(depths: dict[str, int]) -> None:
+    for queue, messages in depths.items():
+        BACKLOG.labels(queue).set(messages)
 
 
 def main(argv: list[str] | None = None) -> int:

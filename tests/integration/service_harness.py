@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import socket
 import subprocess
 from pathlib import Path
 
@@ -35,6 +36,13 @@ def wait_for_rows(logs_dir: Path, count: int, timeout: float = 30) -> list[dict]
     rows = csv_rows(logs_dir)
     assert len(rows) == count, f"expected {count} rows, got {len(rows)}"
     return rows
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now, e.g. for a service's METRICS_PORT."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def output_of(pipeline: Pipeline, service: str) -> str:

@@ -7,8 +7,11 @@ SIGKILL mid-stream neither raises the open alert again nor loses or double-count
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import threading
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -17,12 +20,13 @@ import pika
 import pytest
 from sklearn.datasets import load_diabetes
 
-from broker import connect, drain
+from broker import connect, drain, queue_exists
 from mlmonitor.model_store import load_model
-from mlmonitor.topology import (DRIFT_PREDICTIONS, DRIFT_QUEUES, METRIC_BATCHES_EXCHANGE, METRIC_EVENTS_EXCHANGE,
-                                MONITOR_ALERTS_EXCHANGE, PREDICTION_BATCHES_EXCHANGE, PREDICTIONS_EXCHANGE,
-                                RETIRED_DRIFT_QUEUES)
-from service_harness import assert_alive, output_of, wait_for_consumers, wait_for_dead_letters, wait_for_output
+from mlmonitor.topology import (DRIFT_EVENTS, DRIFT_PREDICTIONS, DRIFT_QUEUES, METRIC_BATCHES_EXCHANGE,
+                                METRIC_EVENTS_EXCHANGE, MONITOR_ALERTS_EXCHANGE, PREDICTION_BATCHES_EXCHANGE,
+                                PREDICTIONS_EXCHANGE, RETIRED_DRIFT_QUEUES)
+from service_harness import (assert_alive, free_port, output_of, wait_for_consumers, wait_for_dead_letters,
+                             wait_for_output)
 from waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
@@ -112,6 +116,31 @@ def start_drift(pipeline, amqp_url: str):
     process = pipeline.start("drift", env={"NICE": "0"})
     wait_for_consumers(amqp_url, *DRIFT_QUEUES)  # it consumes once the detectors are calibrated
     return process
+
+
+def backlog(port: int) -> dict[str, float]:
+    """mlmonitor_drift_backlog_messages per queue, as drift's /metrics shows it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {queue: float(value) for queue, value in
+            re.findall(r'^mlmonitor_drift_backlog_messages\{queue="([^"]+)"\} (\S+)$', text, re.MULTILINE)}
+
+
+def test_the_backlog_of_drift_s_queues_is_on_its_metrics_until_it_catches_up(pipeline, amqp_url, models_dir,
+                                                                            trained_models, logs_dir):
+    """Drift's queues are outside the backpressure: their depth is what shows it falling behind.
+    Before the model card exists drift consumes nothing, so what is published waits."""
+    port = free_port()
+    pipeline.start("drift", env={"NICE": "0", "METRICS_PORT": str(port)})
+    wait_until(lambda: queue_exists(amqp_url, *DRIFT_QUEUES), 30, message="drift's queues")
+    stream = Stream(trained_models, 40)
+    stream.publish(amqp_url, range(40), batch_size=10)  # 40 predictions one a message, 4 batches of pairs
+    wait_until(lambda: backlog(port).get(DRIFT_PREDICTIONS) == 40 and backlog(port).get(DRIFT_EVENTS) == 4, 30,
+               interval=0.5, message="the backlog on drift's /metrics")
+    shutil.copytree(trained_models, models_dir, ignore=shutil.ignore_patterns("output"))
+    wait_for_events(logs_dir, 40)
+    wait_until(lambda: not any(backlog(port).values()), 30, interval=0.5, message="the backlog back to 0")
+    assert_alive(pipeline, "drift")
 
 
 def test_a_stationary_stream_raises_nothing(pipeline, amqp_url, trained_model, logs_dir):

@@ -6,7 +6,6 @@ with its reason, and the good messages behind it still get through."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import urllib.request
@@ -19,8 +18,8 @@ from broker import connect, drain, publish_raw, queue_depth
 from mlmonitor.amqp import ORIGINAL_SIZE_HEADER, TRUNCATED_KEEP_BYTES, Delivery, ServiceRunner, Session
 from mlmonitor.topology import (DASHBOARD_EVENTS, DRIFT_QUEUES, FEATURES, METRIC_ADDED, Y_PRED,
                                 Y_TRUE, QueueSpec, Topology)
-from service_harness import (REASON_HEADER, assert_alive, declare_topology, output_of, wait_for_consumers,
-                             wait_for_rows, wait_until_drained)
+from service_harness import (REASON_HEADER, assert_alive, declare_topology, free_port, output_of,
+                             wait_for_consumers, wait_for_rows, wait_until_drained)
 from waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
@@ -32,12 +31,6 @@ MAX_GROWTH_KB = 20 * 1024  # what the flood may add: a 100 MB body held whole wo
 VECTOR = load_diabetes().data[0].tolist()
 INPUT_QUEUES = (FEATURES, Y_TRUE, Y_PRED, METRIC_ADDED, DASHBOARD_EVENTS, *DRIFT_QUEUES)
 CONSUMERS = ("model", "metric", "plot", "dashboard", "drift")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def peak_rss_kb(pid: int) -> int:

@@ -9,10 +9,10 @@ import pytest
 
 from mlmonitor.topology import FEATURES
 from run_pipeline import model_replicas
-from service_harness import (assert_no_dead_letters, consumers_on, declare_topology, output_of, wait_for_output,
-                             wait_until_drained)
-from test_model_versions import (DIABETES, SWAP_WITHIN_SECONDS, FeatureStream, Predictions, free_port, ridge, save,
-                                 scrape, served_versions)
+from service_harness import (assert_no_dead_letters, consumers_on, declare_topology, free_port, output_of,
+                             wait_for_output, wait_until_drained)
+from test_model_versions import (DIABETES, SWAP_WITHIN_SECONDS, FeatureStream, Predictions, ridge, save, scrape,
+                                 served_versions)
 from waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]

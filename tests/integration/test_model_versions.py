@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import threading
 import time
 import urllib.request
@@ -21,8 +20,8 @@ from broker import connect, drain, publish_raw
 from mlmonitor.model_store import CARD_NAME, ModelCard, save_model
 from mlmonitor.schema import FeatureSchema
 from mlmonitor.topology import FEATURES, Y_PRED
-from service_harness import (assert_alive, assert_no_dead_letters, declare_topology, output_of, wait_for_consumers,
-                             wait_for_output, wait_until_drained)
+from service_harness import (assert_alive, assert_no_dead_letters, declare_topology, free_port, output_of,
+                             wait_for_consumers, wait_for_output, wait_until_drained)
 from waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
@@ -49,12 +48,6 @@ def save(models_dir, estimator, names: list[str] = NAMES, task: str = "regressio
                      classes=[int(label) for label in estimator.classes_] if task == "classification" else None,
                      predicts_proba=task == "classification", holdout={"accuracy": 0.5} if task != "regression" else {})
     return save_model(models_dir, estimator, card)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(port: int) -> str:

@@ -4,7 +4,6 @@ bodies with their targets under paired ids, looping past the end; and backpressu
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from broker import drain, queue_depth
 from mlmonitor.topology import FEATURES, Y_TRUE
 from run_pipeline import ROOT, Pipeline
-from service_harness import declare_topology, output_of
+from service_harness import declare_topology, free_port, output_of
 from waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
@@ -54,12 +53,6 @@ def test_replays_the_table_in_order_with_paired_ids_looping_past_its_end(amqp_ur
     assert [message["body"] for message in targets] == [target for _, target in expected]
     assert [message["id"] for message in features] == [message["id"] for message in targets]
     assert len({message["id"] for message in features}) == count
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def paused(metrics_port: int) -> bool:

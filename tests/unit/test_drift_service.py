@@ -318,6 +318,7 @@ class FakeSession:
         self.dead_letters: list[tuple[bytes, str]] = []
         self.from_threads: queue.Queue = queue.Queue()
         self.timers: list = []
+        self.depth_watches: list = []
 
     def publish(self, exchange, routing_key, body, on_confirmed=None, headers=None) -> None:
         self.published.append((exchange, routing_key, json.loads(body)))
@@ -343,6 +344,9 @@ class FakeSession:
 
     def every(self, interval, callback) -> None:
         self.timers.append(callback)
+
+    def watch_queue_depths(self, queues, interval, on_depths) -> None:
+        self.depth_watches.append((list(queues), on_depths))
 
 
 @pytest.fixture

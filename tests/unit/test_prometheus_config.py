@@ -98,6 +98,15 @@ def test_dead_letters_waiting_raise_an_alert_on_the_gauge_the_runtime_exports():
     assert rule["labels"]["severity"] and "scripts/dead_letters.py" in rule["annotations"]["description"]
 
 
+def test_drift_falling_behind_raises_an_alert_on_the_gauge_drift_exports():
+    from drift import BACKLOG
+
+    alerts = {rule["alert"]: rule for rule in alert_rules() if "alert" in rule}
+    rule = alerts["DriftFallingBehind"]
+    assert BACKLOG._name in rule["expr"] and "by (queue)" in rule["expr"]
+    assert rule["for"] == "10m" and "{{ $labels.queue }}" in rule["annotations"]["summary"]
+
+
 def test_compose_mounts_every_rule_file_beside_the_config():
     compose_file = compose()
     targets = {config["target"]: compose_file["configs"][config["source"]]["file"]

@@ -234,6 +234,16 @@ def test_raised_once_per_episode_and_resolved_after_it(detectors):
     assert 7000 < up2 < 7100 and 8000 < down2 < 8400
 
 
+def test_a_persistent_small_shift_is_one_episode_not_a_flapping_alert(detectors):
+    """Held at its threshold, a chart whose k is just under the shift drifts up only slowly, and its
+    noise can take it well below: the alert resolves only once every chart is under a fifth of
+    its threshold, which a shift that persists doesn't reach (at a half it flapped in 1 of these)."""
+    for seed in range(6):
+        detector = named(detectors, "feature.x").copy_for(1)
+        values = np.random.default_rng(seed).standard_normal(30_000) + 0.3
+        assert [decision.state for decision in detector.update_batch(values)] == [drift.RAISED], seed
+
+
 def test_resolving_restarts_the_charts_from_zero_as_calibrated(detectors):
     """The false-alarm rate is calibrated on run lengths from 0; charts left just under half their
     thresholds after an episode would raise again sooner."""

@@ -123,38 +123,55 @@ class Predictions:
             raise AssertionError(f"{error}; {len(self.messages)} predictions so far") from None
 
 
+def predict_across_a_swap(amqp_url: str, models_dir, new_estimator, before: int, after: int):
+    """Streams features while the served model is replaced: `new_estimator` is saved once `before`
+    predictions have arrived; the stream stops once `after` predictions are of features sent well
+    after the swap, and every id has its prediction. Returns (the new card, when it was saved, the
+    stream, the predictions in queue order)."""
+    stream, predictions = FeatureStream(amqp_url), Predictions(amqp_url)
+    stream.start()
+    try:
+        predictions.wait_for(lambda got: len(got) >= before, message=f"{before} predictions of the old version")
+        new = save(models_dir, new_estimator)
+        swapped_at = time.time()
+        predictions.wait_for(lambda got: sum(item["sent_at"] > swapped_at + SWAP_WITHIN_SECONDS + 0.5
+                                             for item in got) >= after,
+                             message="predictions of features sent well after the swap")
+    finally:
+        stream.stop()
+    predictions.wait_for(lambda got: len(got) >= len(stream.published), message="a prediction for every id")
+    return new, swapped_at, stream, predictions.messages
+
+
+def assert_each_id_once_by_the_version_it_names(got: list[dict], stream, estimator_of: dict, old_version: str,
+                                               swapped_at: float) -> None:
+    """Every published id predicted exactly once, by exactly the version its prediction names, and
+    none sent more than SWAP_WITHIN_SECONDS after the swap by the old version."""
+    assert sorted(item["id"] for item in got) == sorted(stream.published), "each id exactly once"
+    for item in got:
+        row = DIABETES.data[stream.published[item["id"]]]
+        assert item["body"] == pytest.approx(estimator_of[item["model_version"]].predict([row])[0], rel=1e-12)
+    late_old = [item["id"] for item in got if item["sent_at"] > swapped_at + SWAP_WITHIN_SECONDS
+                and item["model_version"] == old_version]
+    assert not late_old, f"features sent more than 2 s after the swap predicted by the old version: {late_old[:3]}"
+
+
 def test_a_retrain_while_features_flow_switches_versions_within_2_s_and_predicts_each_id_once(
         pipeline, amqp_url, vhost, models_dir):
     estimators = {"old": ridge(alpha=0.1), "new": ridge(alpha=10.0)}
     old = save(models_dir, estimators["old"])
     port = free_port()
     start_model(pipeline, amqp_url, port)
-    stream, predictions = FeatureStream(amqp_url), Predictions(amqp_url)
-    stream.start()
-    try:
-        predictions.wait_for(lambda got: len(got) >= 100, message="100 predictions of the old version")
-        new = save(models_dir, estimators["new"])
-        swapped_at = time.time()
-        predictions.wait_for(lambda got: any(item["sent_at"] > swapped_at + SWAP_WITHIN_SECONDS + 0.5 for item in got),
-                             message="predictions of features sent well after the swap")
-    finally:
-        stream.stop()
-    predictions.wait_for(lambda got: len(got) >= len(stream.published), message="a prediction for every id")
+    new, swapped_at, stream, got = predict_across_a_swap(amqp_url, models_dir, estimators["new"], before=100, after=1)
 
-    got = predictions.messages
     assert old.version != new.version
-    assert sorted(item["id"] for item in got) == sorted(stream.published), "each id exactly once"
     version_name = {old.version: "old", new.version: "new"}
     versions = [version_name.get(item["model_version"]) for item in got]
     switch = versions.index("new")
     assert versions[switch - 1] == "old" and set(versions[:switch]) == {"old"} and set(versions[switch:]) == {"new"}, (
         "in queue order, the old version's predictions and then the new one's")
-    late_old = [item for item in got if item["sent_at"] > swapped_at + SWAP_WITHIN_SECONDS
-                and item["model_version"] == old.version]
-    assert not late_old, f"features sent more than 2 s after the swap predicted by the old version: {late_old[:3]}"
-    for item, version in zip(got, versions):  # each by exactly the version it names
-        row = DIABETES.data[stream.published[item["id"]]]
-        assert item["body"] == pytest.approx(estimators[version].predict([row])[0], rel=1e-12)
+    assert_each_id_once_by_the_version_it_names(
+        got, stream, {old.version: estimators["old"], new.version: estimators["new"]}, old.version, swapped_at)
 
     log = output_of(pipeline, "model")
     assert log.count(f"now serving version {new.version} (was {old.version})") == 1, log

@@ -350,13 +350,14 @@ def train(settings: Settings) -> Trained:
     target = target_for(task, table.target)
     model, allows_missing = wrap(estimator, table)
     x_train, x_holdout, y_train, y_holdout = _split(table.features, target, task, settings)
+    train_input = _model_input(x_train, table)
     try:
-        model.fit(_model_input(x_train, table), y_train.to_numpy())
+        model.fit(train_input, y_train.to_numpy())
     except (ValueError, TypeError) as error:  # the estimator refuses its parameters or this data
         raise UsageError(f"{described} can't be fitted on {table.source}: {type(error).__name__}: "
                          f"{_one_line(error)}") from None
-    evaluation = evaluate(task, model, _model_input(x_holdout, table), y_holdout, y_train, _model_input(x_train, table),
-                          out_of_fold(task, model, _model_input(x_train, table), y_train, settings, len(y_holdout)))
+    evaluation = evaluate(task, model, _model_input(x_holdout, table), y_holdout, y_train, train_input,
+                          out_of_fold(task, model, train_input, y_train, settings, len(y_holdout)))
     card = ModelCard(
         version="",
         trained_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -409,8 +410,10 @@ class Evaluation(NamedTuple):
 
 
 class OutOfFold(NamedTuple):
-    """Each training row's prediction by a model fitted on the other folds (and its probabilities)."""
-    predicted: np.ndarray
+    """Each training row's prediction by a model fitted on the other folds: its probabilities when the
+    model has them (a classifier's error is then 1 − p(true class), whatever the label), else its label
+    or value."""
+    predicted: np.ndarray | None
     probabilities: np.ndarray | None
 
 
@@ -425,18 +428,17 @@ def out_of_fold(task: str, model, train_input, y_train: pd.Series, settings: Set
     if folds < 2 or held_out_rows >= ENOUGH_HELD_OUT_ROWS:
         return None
     splitter = (StratifiedKFold if task == CLASSIFICATION else KFold)(folds, shuffle=True, random_state=settings.seed)
-    target = y_train.to_numpy()
+    with_probabilities = task == CLASSIFICATION and hasattr(model, "predict_proba")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. a class too rare for every fold: the errors still count
-            predicted = cross_val_predict(clone(model), train_input, target, cv=splitter)
-            probabilities = cross_val_predict(clone(model), train_input, target, cv=splitter, method="predict_proba") \
-                if task == CLASSIFICATION and hasattr(model, "predict_proba") else None
+            predicted = cross_val_predict(clone(model), train_input, y_train.to_numpy(), cv=splitter,
+                                          method="predict_proba" if with_probabilities else "predict")
     except (ValueError, TypeError) as error:
         log.warning("reference errors from the held-out rows alone: %d-fold cross-validation failed: %s",
                     folds, _one_line(error))
         return None
-    return OutOfFold(predicted, probabilities)
+    return OutOfFold(None, predicted) if with_probabilities else OutOfFold(predicted, None)
 
 
 def evaluate(task: str, model, holdout_input, y_holdout: pd.Series, y_train: pd.Series, train_input,
@@ -466,8 +468,8 @@ def evaluate(task: str, model, holdout_input, y_holdout: pd.Series, y_train: pd.
         np.concatenate([model.predict_proba(train_input), probabilities])
     errors = classification_errors(y_holdout.tolist(), labels, probabilities, classes)
     if oof is not None and (probabilities is None) == (oof.probabilities is None):
-        errors += classification_errors(y_train.tolist(), [_plain(label) for label in oof.predicted],
-                                        oof.probabilities, classes)
+        labels_out_of_fold = [None] * len(y_train) if oof.predicted is None else [_plain(label) for label in oof.predicted]
+        errors += classification_errors(y_train.tolist(), labels_out_of_fold, oof.probabilities, classes)
     return Evaluation(classification_figures(y_holdout.to_numpy(), predicted, probabilities, classes), classes,
                       {"target": reference.categorical_stats(y_train.tolist()),
                        "predictions": reference.classification_predictions(every_label, every_probability),

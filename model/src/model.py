@@ -39,7 +39,7 @@ from pydantic import Field, ValidationError
 from mlmonitor.amqp import Delivery, ServiceRunner, Session, after_all, publish_batches
 from mlmonitor.logs import EventLog
 from mlmonitor.messages import (FeaturesMessage, InvalidMessage, PredictionBatch, PredictionMessage,
-                                PredictionWithInputs, decode, describe_validation_error)
+                                decode, describe_validation_error, with_inputs)
 from mlmonitor.files import FileSignature
 from mlmonitor.model_store import CARD_NAME, ModelCard, ModelCorrupt, ModelNotReady, card_signature, load_model, read_card
 from mlmonitor.schema import NUMERIC, FeatureSchema
@@ -424,24 +424,24 @@ class Predictor:
         outgoing = []  # every message built before the first is published, so a failure publishes none twice
         for index, ((delivery, message), body) in enumerate(zip(accepted, bodies)):
             try:
-                prediction = PredictionWithInputs(id=message.id, body=body, model_version=model.version,
-                                                  probabilities=probabilities[index] if probabilities else None,
-                                                  sent_at=message.sent_at, features=message.body)
+                prediction = PredictionMessage(id=message.id, body=body, model_version=model.version,
+                                               probabilities=probabilities[index] if probabilities else None,
+                                               sent_at=message.sent_at)
             except ValidationError as error:
                 session.dead_letter(delivery, f"body: the model's prediction {body!r} can't be published: "
                                               f"{describe_validation_error(error)}")
                 continue
-            outgoing.append((delivery, prediction))
+            encoded = prediction.encode()
+            outgoing.append((delivery, prediction, encoded, with_inputs(encoded, message.body)))
         if not outgoing:
             return
         # a delivery is acked once both copies are confirmed: its prediction on y_pred, and drift's batch
-        acks = [after_all(2, delivery.ack) for delivery, _ in outgoing]
-        for (delivery, prediction), confirmed in zip(outgoing, acks):
-            session.publish(MODEL_PREDICTIONS_EXCHANGE, Y_PRED, prediction.encode_without_inputs(),
-                            on_confirmed=confirmed)
+        acks = [after_all(2, delivery.ack) for delivery, *_ in outgoing]
+        for (delivery, prediction, encoded, _), confirmed in zip(outgoing, acks):
+            session.publish(MODEL_PREDICTIONS_EXCHANGE, Y_PRED, encoded, on_confirmed=confirmed)
             self._predictions.event("predicted %s for %s", prediction.body, prediction.id)
         publish_batches(session, PREDICTION_BATCHES_EXCHANGE, PredictionBatch,
-                        [prediction.encode() for _, prediction in outgoing], acks)
+                        [item for *_, item in outgoing], acks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from mlmonitor.messages import (
     TargetMessage,
     decode,
     encode_batches,
+    with_inputs,
 )
 
 
@@ -176,6 +177,18 @@ def test_batches_are_cut_under_the_cap_and_hold_every_item_once_in_order():
     assert [len(predictions) for predictions in decoded] == [count for _, count in batches]
     assert [prediction.id for predictions in decoded for prediction in predictions] == [f"p{index}" for index in range(500)]
     assert decoded[0][3].features == [0.5] * 10
+
+
+@pytest.mark.parametrize("prediction, features", [
+    (PredictionMessage(id="a1", body=148.25, model_version="v1", sent_at=1700000000.5), [0.03, -0.04, 1.0]),
+    (PredictionMessage(id="a2", body="yes", probabilities={"no": 0.25, "yes": 0.75}),
+     {"city": "Tromsø", "age": None, "income": 5.5e4}),
+    (PredictionMessage(id="a3", body=1.0), [None, "a \"quoted\" text", -0.0]),
+])
+def test_a_prediction_with_its_inputs_appended_is_what_encoding_the_whole_message_gives(prediction, features):
+    whole = PredictionWithInputs(**prediction.model_dump(), features=features)
+    assert with_inputs(prediction.encode(), features) == whole.encode()
+    assert decode(PredictionWithInputs, with_inputs(prediction.encode(), features)) == whole
 
 
 def test_an_item_over_the_cap_goes_alone_and_an_empty_batch_is_refused():

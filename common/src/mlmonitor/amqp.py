@@ -455,14 +455,17 @@ class _Publisher:
             for entry in entries:
                 self.publish(*entry)
             return
+        confirmed_to: dict[str, int] = {}  # counted per target, one locked increment each per frame
         for exchange, routing_key, _body, _headers, on_confirmed, _mandatory in entries:
             target = routing_key if exchange in _ROUTED_BY_KEY else exchange
+            confirmed_to[target] = confirmed_to.get(target, 0) + 1
+            if on_confirmed is not None:
+                self._session.run_safely(on_confirmed)
+        for target, count in confirmed_to.items():
             counter = self._published.get(target)
             if counter is None:
                 counter = self._published[target] = observability.MESSAGES_PUBLISHED.labels(target)
-            counter.inc()
-            if on_confirmed is not None:
-                self._session.run_safely(on_confirmed)
+            counter.inc(count)
 
     def _on_return(self, _channel, method, _properties, _body) -> None:
         log.error("message to exchange %r, routing key %r was unroutable (%s); reconnecting to redeclare",

@@ -1,13 +1,16 @@
 """The broker's limit for our topology: a bare pika pipeline with the same queues, messages and hops.
 
-    features ─► [features] ─► model ─► [y_pred] ─┐
-        └─────► [y_true] ────────────────────────┴─► metric ─► metric_events ─► [metric_added] ─► plot
+    features ─► inputs ─► [features] ─► model ─► model_predictions ─► [y_pred] ─┐
+                   └────► [y_true] ───────────────────────────────────────────┴─► metric ─► metric_events
+                                                                                      ─► [metric_added] ─► plot
 
 Each hop only decodes and encodes JSON: no schema validation, no model, no CSV, no PNG. It keeps the
 broker-side guarantees our services keep, so the ratio compares like with like: the same durable
-queues (declared by mlmonitor.topology), persistent messages, pipelined publisher confirms, manual
-acks only once the downstream publish is confirmed (coalesced with multiple=True), the same prefetch
-and window, and messages of the same size. One process per role, one connection per process.
+queues and exchanges (declared by mlmonitor.topology; our services publish through named exchanges,
+never the default one, for least privilege), persistent mandatory messages, pipelined publisher
+confirms, manual acks only once the downstream publish is confirmed (coalesced with multiple=True),
+the same prefetch and window, and messages of the same size. One process per role, one connection
+per process.
 
     python bench/bare.py ROLE --amqp-url URL [--count N] [--rate R] [--stats FILE]
 
@@ -30,7 +33,8 @@ import pika
 
 from mlmonitor.amqp import queue_type_from_environment
 from mlmonitor.tls import connection_candidates
-from mlmonitor.topology import FEATURES, METRIC_ADDED, METRIC_EVENTS_EXCHANGE, PIPELINE, Y_PRED, Y_TRUE, declare
+from mlmonitor.topology import (FEATURES, INPUTS_EXCHANGE, METRIC_ADDED, METRIC_EVENTS_EXCHANGE,
+                                MODEL_PREDICTIONS_EXCHANGE, PIPELINE, Y_PRED, Y_TRUE, declare)
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 PREFETCH = {FEATURES: 500, Y_TRUE: 1000, Y_PRED: 1000, METRIC_ADDED: 5000}  # as the services' defaults
@@ -113,7 +117,7 @@ class Node:
                           callback=lambda _frame: channel.basic_consume(queue, on_message))
 
     def publish(self, exchange: str, routing_key: str, body: bytes, on_confirmed) -> None:
-        self.publisher.basic_publish(exchange, routing_key, body, PERSISTENT)
+        self.publisher.basic_publish(exchange, routing_key, body, PERSISTENT, mandatory=True)
         self._sequence += 1
         self._pending[self._sequence] = on_confirmed
 
@@ -182,8 +186,10 @@ class Features(Node):
                 elif not self._scheduled:
                     self._pump()
 
-        self.publish("", FEATURES, dumps({"id": event_id, "body": features, "sent_at": sent_at}), part_confirmed)
-        self.publish("", Y_TRUE, dumps({"id": event_id, "body": target, "sent_at": sent_at}), part_confirmed)
+        self.publish(INPUTS_EXCHANGE, FEATURES, dumps({"id": event_id, "body": features, "sent_at": sent_at}),
+                     part_confirmed)
+        self.publish(INPUTS_EXCHANGE, Y_TRUE, dumps({"id": event_id, "body": target, "sent_at": sent_at}),
+                     part_confirmed)
 
 
 class Model(Node):
@@ -192,8 +198,9 @@ class Model(Node):
     def handle(self, queue: str, body: bytes, ack) -> None:
         message = json.loads(body)
         prediction = 150.0 + 100.0 * sum(message["body"])  # a number of the same size as a real prediction
-        self.publish("", Y_PRED, dumps({"id": message["id"], "body": prediction, "model_version": MODEL_VERSION,
-                                        "sent_at": message.get("sent_at")}), ack)
+        self.publish(MODEL_PREDICTIONS_EXCHANGE, Y_PRED, dumps({
+            "id": message["id"], "body": prediction, "model_version": MODEL_VERSION,
+            "sent_at": message.get("sent_at")}), ack)
 
 
 class Metric(Node):

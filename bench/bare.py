@@ -10,7 +10,9 @@ queues and exchanges (declared by mlmonitor.topology; our services publish throu
 never the default one, for least privilege), persistent mandatory messages, pipelined publisher
 confirms, manual acks only once the downstream publish is confirmed (coalesced with multiple=True),
 the same prefetch and window, and messages of the same size. One process per role, one connection
-per process.
+per process. Plain pika: it must not import mlmonitor.amqp, whose import makes pika join buffered
+writes into one send(2) for our services (coalesce_socket_writes); a bare run with that is ~15 %
+faster, and is not the baseline the ratios have been measured against.
 
     python bench/bare.py ROLE --amqp-url URL [--count N] [--rate R] [--stats FILE]
 
@@ -31,9 +33,8 @@ import uuid
 
 import pika
 
-from mlmonitor.amqp import queue_type_from_environment
 from mlmonitor.tls import connection_candidates
-from mlmonitor.topology import (FEATURES, INPUTS_EXCHANGE, METRIC_ADDED, METRIC_EVENTS_EXCHANGE,
+from mlmonitor.topology import (CLASSIC, FEATURES, INPUTS_EXCHANGE, METRIC_ADDED, METRIC_EVENTS_EXCHANGE,
                                 MODEL_PREDICTIONS_EXCHANGE, PIPELINE, Y_PRED, Y_TRUE, declare)
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
@@ -266,7 +267,7 @@ def declare_on_a_node(amqp_url: str) -> pika.URLParameters:
             if position == len(candidates):
                 raise
             continue
-        declare(connection.channel(), PIPELINE, queue_type_from_environment())
+        declare(connection.channel(), PIPELINE, os.environ.get("QUEUE_TYPE") or CLASSIC)  # as the bench sets it
         connection.close()
         return parameters
     raise AssertionError("connection_candidates returns at least one URL")

@@ -3,7 +3,10 @@ These tests pin the pika internals it relies on, so a pika upgrade that changes 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import deque
+from pathlib import Path
 
 from pika.adapters.utils.io_services_utils import _AsyncTransportBase
 
@@ -58,3 +61,15 @@ def test_at_most_coalesce_bytes_are_joined_at_once(monkeypatch):
     t = transport([b"aaa", b"bbb", b"ccc", b"ddd"], sock)
     t._produce()
     assert sock.sends[0] == b"aaabbb" and b"".join(sock.sends) == b"aaabbbcccddd"
+
+
+def test_the_bare_baseline_runs_plain_pika():
+    """bench/bare.py is the broker's limit with plain pika: importing it must not install our coalescing,
+    which made the baseline ~15 % faster for as long as it imported mlmonitor.amqp by accident."""
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import bare; "
+             "from pika.adapters.utils.io_services_utils import _AsyncTransportBase as T; "
+             "print(getattr(T._produce, 'coalescing', False))")
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    printed = subprocess.run([sys.executable, "-c", probe, str(bench)], capture_output=True, text=True, check=True)
+    assert printed.stdout.strip() == "False"
+    assert getattr(_AsyncTransportBase._produce, "coalescing", False)  # while our runtime, imported here, has it

@@ -11,7 +11,7 @@ never the default one, for least privilege), persistent mandatory messages, pipe
 confirms, manual acks only once the downstream publish is confirmed (coalesced with multiple=True),
 the same prefetch and window, and messages of the same size. One process per role, one connection
 per process. Plain pika: it must not import mlmonitor.amqp, whose import makes pika join buffered
-writes into one send(2) for our services (coalesce_socket_writes); a bare run with that is ~15 %
+writes into one send(2) for our services (coalesce_socket_writes); a bare run with that is 20-30 %
 faster, and is not the baseline the ratios have been measured against.
 
     python bench/bare.py ROLE --amqp-url URL [--count N] [--rate R] [--stats FILE]

@@ -2,18 +2,24 @@
 messages dead-lettered per queue, join halves expired, the join buffer's size, and whether
 features is waiting for the backlog to drain.
 
-Counters are per process, so they count since each service last started. A source that does not
-answer keeps its last figures and is shown as unreachable.
+Counters are per process, so they count since each service last started. A source whose host name
+resolves to several addresses (a compose service run as replicas: Docker's DNS answers with one
+address per replica) is read at each of them and their figures add up. A source, or one of its
+addresses, that does not answer keeps its last figures and is shown as unreachable; an address the
+name no longer resolves to (a replica scaled away) is forgotten.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -64,16 +70,44 @@ def fetch(url: str, timeout: float) -> str:
         return response.read().decode("utf-8")
 
 
+def instances(url: str, resolve: Callable = socket.getaddrinfo) -> list[str]:
+    """`url` once per IPv4 address its host name resolves to, when there are several; else `url` as it
+    is (an IP literal, localhost, a name with one address or none: fetching it then says why)."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host or host == "localhost" or _is_ip_literal(host):
+        return [url]
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = sorted({info[4][0] for info in resolve(host, port, socket.AF_INET, socket.SOCK_STREAM)})
+    except OSError:
+        return [url]
+    if len(addresses) < 2:
+        return [url]
+    credentials = parts.netloc.rpartition("@")[0]
+    prefix = f"{credentials}@" if credentials else ""
+    return [parts._replace(netloc=f"{prefix}{address}:{port}").geturl() for address in addresses]
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class Source:
     url: str
-    text: str | None = None
+    texts: dict[str, str] = field(default_factory=dict)  # the last exposition read at each address
+    instances: int = 1
     error: str | None = None
     fetched_at: float | None = None
 
     def status(self) -> dict:
-        return {"url": self.url, "reachable": self.error is None and self.text is not None, "error": self.error,
-                "fetched_at": self.fetched_at}
+        return {"url": self.url, "reachable": self.error is None and bool(self.texts), "error": self.error,
+                "instances": self.instances, "fetched_at": self.fetched_at}
 
 
 @dataclass
@@ -86,6 +120,7 @@ class UpstreamMetrics:
     timeout: float = 2.0
     fetcher: Callable[[str, float], str] = fetch
     clock: Callable[[], float] = time.time
+    resolve: Callable = socket.getaddrinfo
     sources: list[Source] = field(init=False)
 
     def __post_init__(self):
@@ -102,18 +137,25 @@ class UpstreamMetrics:
 
     def poll(self) -> None:
         for source in self.sources:
-            try:
-                text, error = self.fetcher(source.url, self.timeout), None
-            except Exception as failure:  # unreachable, refused, timed out, bad status: all just "not now"
-                text, error = None, f"{type(failure).__name__}: {failure}"
+            targets = instances(source.url, self.resolve)
+            read, errors = {}, []
+            for target in targets:
+                try:
+                    read[target] = self.fetcher(target, self.timeout)
+                except Exception as failure:  # unreachable, refused, timed out, bad status: all just "not now"
+                    where = f"{target}: " if len(targets) > 1 else ""
+                    errors.append(f"{where}{type(failure).__name__}: {failure}")
             with self._lock:
-                if error is None:
-                    source.text, source.fetched_at = text, self.clock()
-                source.error = error
+                source.texts = {target: read.get(target, source.texts.get(target)) for target in targets
+                                if target in read or target in source.texts}
+                source.instances = len(targets)
+                source.error = "; ".join(errors) or None
+                if read:
+                    source.fetched_at = self.clock()
 
     def summary(self) -> dict:
         with self._lock:
-            texts = [source.text for source in self.sources if source.text]
+            texts = [text for source in self.sources for text in source.texts.values()]
             statuses = [source.status() for source in self.sources]
         counts = pipeline_counts([*texts, generate_latest(REGISTRY).decode()])
         return {**counts, "sources": statuses}

@@ -4,6 +4,7 @@ metrics, the Prometheus gauges and the pushed snapshot."""
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import asdict
 
 import pytest
@@ -15,7 +16,7 @@ from mlmonitor.metric_log import MetricLogTail, MetricLogWriter, MetricRow
 from mlmonitor.model_store import CARD_NAME, ModelCard
 from mlmonitor.topology import DASHBOARD_EVENTS, METRIC_ADDED, METRIC_EVENTS_EXCHANGE
 from quality import QualityBoard
-from upstream import UpstreamMetrics, pipeline_counts
+from upstream import UpstreamMetrics, instances, pipeline_counts
 from web import SnapshotCache
 
 
@@ -187,7 +188,8 @@ def test_a_source_that_stops_answering_keeps_its_last_figures():
             raise ConnectionRefusedError("refused")
         return answers[url]
 
-    upstream = UpstreamMetrics(["http://metric/metrics", "http://plot/metrics"], fetcher=fetcher, clock=lambda: 9.0)
+    upstream = UpstreamMetrics(["http://metric/metrics", "http://plot/metrics"], fetcher=fetcher, clock=lambda: 9.0,
+                               resolve=resolver({}))
     upstream.poll()
     summary = upstream.summary()
     assert summary["dead_lettered"]["y_true"] == 5
@@ -198,6 +200,55 @@ def test_a_source_that_stops_answering_keeps_its_last_figures():
     summary = upstream.summary()
     assert summary["dead_lettered"]["y_true"] == 5
     assert [source["reachable"] for source in summary["sources"]] == [False, False]
+
+
+def resolver(table: dict[str, list[str]]):
+    """A getaddrinfo over `table` (name -> IPv4 addresses), as Docker's DNS answers for a compose service."""
+
+    def resolve(host, port, family, kind):
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(family, kind, 6, "", (address, port)) for address in table[host]]
+
+    return resolve
+
+
+def test_a_source_run_as_replicas_is_read_at_every_address_and_their_figures_add_up():
+    names = {"model": ["172.18.0.7", "172.18.0.5"], "metric": ["172.18.0.9"]}
+    answers = {"http://172.18.0.5:9102/metrics": exposition({"features": 2}),
+               "http://172.18.0.7:9102/metrics": exposition({"features": 3}),
+               "http://metric:9103/metrics": exposition({"y_true": 1})}
+
+    def fetcher(url, timeout):
+        if url not in answers:
+            raise ConnectionRefusedError("refused")
+        return answers[url]
+
+    upstream = UpstreamMetrics(["http://model:9102/metrics", "http://metric:9103/metrics"], fetcher=fetcher,
+                               clock=lambda: 9.0, resolve=resolver(names))
+    upstream.poll()
+    summary = upstream.summary()
+    assert summary["dead_lettered"] == {"features": 5, "y_true": 1}
+    assert [(source["instances"], source["reachable"]) for source in summary["sources"]] == [(2, True), (1, True)]
+    del answers["http://172.18.0.7:9102/metrics"]  # one replica stops answering: its last figures stay
+    upstream.poll()
+    summary = upstream.summary()
+    assert summary["dead_lettered"]["features"] == 5
+    assert not summary["sources"][0]["reachable"] and "172.18.0.7" in summary["sources"][0]["error"]
+    names["model"] = ["172.18.0.5", "172.18.0.8"]  # scaled: .7 gone, .8 new and not answering yet
+    upstream.poll()
+    assert upstream.summary()["dead_lettered"]["features"] == 2
+
+
+def test_only_a_name_with_several_addresses_is_expanded():
+    resolve = resolver({"model": ["10.0.0.2", "10.0.0.1"], "plot": ["10.0.0.3"]})
+    assert instances("http://model:9102/metrics", resolve) == ["http://10.0.0.1:9102/metrics",
+                                                                "http://10.0.0.2:9102/metrics"]
+    assert instances("http://user:pw@model/metrics", resolve) == ["http://user:pw@10.0.0.1:80/metrics",
+                                                                  "http://user:pw@10.0.0.2:80/metrics"]
+    for url in ("http://plot:9104/metrics", "http://localhost:9102/metrics", "http://127.0.0.1:9102/metrics",
+                "http://[::1]:9102/metrics", "http://nowhere:9102/metrics"):
+        assert instances(url, resolve) == [url]
 
 
 def test_quality_gauges_per_window(board):

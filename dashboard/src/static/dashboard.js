@@ -233,7 +233,10 @@ function drawPipeline(state) {
     }));
   const reachable = pipeline.sources.filter((source) => source.reachable).length;
   const unreachable = pipeline.sources.filter((source) => !source.reachable).map((source) => source.url);
+  const replicated = pipeline.sources.filter((source) => (source.instances || 1) > 1)
+    .map((source) => `${source.url} (${source.instances} replicas, summed)`);
   document.getElementById("sources").textContent = `read from ${reachable} of ${pipeline.sources.length} services' /metrics` +
+    (replicated.length ? `; ${replicated.join(", ")}` : "") +
     (unreachable.length ? `; not answering: ${unreachable.join(", ")}` : "");
 }
 

@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from prometheus_client import Histogram  # noqa: E402
 from pydantic import Field  # noqa: E402
 
@@ -72,8 +72,9 @@ class HistogramFigure:
 
     Title, axes, ticks, grid and legend change only with the axis limits; the x limit moves by ten
     bins and the y limit grows by half or more when it moves, so they are drawn rarely (about 30 times
-    over a million events) and kept as a background. A redraw restores it, draws the bars, the
-    mean and the text box on top, and encodes the PNG: about a fifth of the CPU of a new figure.
+    over a million events) and kept as a background. A redraw restores it, draws the bars and the
+    mean on top, writes the figures' box with Pillow (matplotlib's text layout took 5.6 of a
+    redraw's 13 ms, Pillow takes under 1) and encodes the PNG: about a sixth of a new figure's CPU.
     """
 
     def __init__(self):
@@ -83,9 +84,6 @@ class HistogramFigure:
         self.bars = self.axes.stairs(np.zeros(1), [0, 1], fill=True, color="tab:blue", alpha=0.8, animated=True)
         self.mean_line = self.axes.axvline(0, color="tab:red", linestyle="--", label="mean absolute error",
                                            animated=True)
-        self.text = self.axes.text(0.98, 0.86, "", transform=self.axes.transAxes, ha="right", va="top",
-                                   multialignment="left", animated=True,
-                                   bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
         self.axes.set_title(TITLE)
         self.axes.set_xlabel(ERROR_LABEL, fontsize="small")
         self.axes.set_ylabel("events")
@@ -113,19 +111,40 @@ class HistogramFigure:
         self.bars.set_data(histogram.counts[:shown], histogram.edges[:shown + 1])
         self.mean_line.set_xdata([histogram.mean, histogram.mean])
         self.mean_line.set_visible(histogram.count > 0)
-        self.text.set_text(f"events: {histogram.count}\nmean: {histogram.mean:.2f}\nmax: {histogram.maximum:.2f}\n"
-                           f"updated {datetime.now():%Y-%m-%d %H:%M:%S}")
-        for artist in (self.bars, self.mean_line, self.text):
+        for artist in (self.bars, self.mean_line):
             self.axes.draw_artist(artist)
         width, height = self.canvas.get_width_height()
-        image = Image.frombuffer("RGBA", (width, height), self.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+        image = Image.frombuffer("RGBA", (width, height), self.canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
+        right, top = self.axes.transAxes.transform((0.98, 0.86))
+        draw_text_box(image, (right, height - top),
+                      f"events: {histogram.count}\nmean: {histogram.mean:.2f}\nmax: {histogram.maximum:.2f}\n"
+                      f"updated {datetime.now():%Y-%m-%d %H:%M:%S}")
         # A 256-colour palette looks the same (a few flat colours and their anti-aliasing) and halves
         # both the encoding's CPU and the file: 5.7 against 9.7 ms, 18 against 41 kB.
-        image = image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
+        image = image.quantize(256, method=Image.Quantize.FASTOCTREE)
         temporary = path.with_name(f".{path.name}.tmp")
         image.save(temporary, format="png", compress_level=1)  # level 6 costs 60 % more for 15 % less size
         os.replace(temporary, path)
         write_summary(histogram, path.with_suffix(".json"))
+
+
+# matplotlib's own font at the size of its default 10 pt text at the figure's 100 dpi
+TEXT_FONT = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), 14)
+TEXT_PAD = 5  # pixels between the text and its box, as matplotlib's "round" box at 10 pt
+
+
+def draw_text_box(image: Image.Image, top_right: tuple[float, float], text: str) -> None:
+    """`text`, left-aligned, its top right corner at `top_right` (pixels from the top left), in a
+    rounded box of 80 % white with an 80 % black edge, as a matplotlib text with a "round" bbox looks."""
+    x, y = round(top_right[0]), round(top_right[1])
+    left, upper, right, lower = map(round, ImageDraw.Draw(image).multiline_textbbox(
+        (x, y), text, font=TEXT_FONT, anchor="ra", spacing=4))
+    box = (left - TEXT_PAD, upper - TEXT_PAD, right + TEXT_PAD + 1, lower + TEXT_PAD + 1)
+    behind = image.crop(box)
+    image.paste(Image.blend(behind, Image.new("RGB", behind.size, "white"), 0.8), box[:2])
+    draw = ImageDraw.Draw(image)
+    draw.rounded_rectangle((box[0], box[1], box[2] - 1, box[3] - 1), radius=TEXT_PAD, outline=(51, 51, 51))
+    draw.multiline_text((x, y), text, font=TEXT_FONT, fill="black", anchor="ra", align="left", spacing=4)
 
 
 NICE_STEPS = (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10)

@@ -20,7 +20,7 @@ import pika
 import pytest
 from sklearn.datasets import load_diabetes
 
-from broker import connect, drain, queue_exists
+from broker import connect, drain
 from mlmonitor.model_store import load_model
 from mlmonitor.topology import (DRIFT_EVENTS, DRIFT_PREDICTIONS, DRIFT_QUEUES, METRIC_BATCHES_EXCHANGE,
                                 METRIC_EVENTS_EXCHANGE, MONITOR_ALERTS_EXCHANGE, PREDICTION_BATCHES_EXCHANGE,
@@ -126,13 +126,23 @@ def backlog(port: int) -> dict[str, float]:
             re.findall(r'^mlmonitor_drift_backlog_messages\{queue="([^"]+)"\} (\S+)$', text, re.MULTILINE)}
 
 
+def backlog_if_up(port: int) -> dict[str, float]:
+    try:
+        return backlog(port)
+    except OSError:  # its /metrics is not listening yet
+        return {}
+
+
 def test_the_backlog_of_drift_s_queues_is_on_its_metrics_until_it_catches_up(pipeline, amqp_url, models_dir,
                                                                             trained_models, logs_dir):
     """Drift's queues are outside the backpressure: their depth is what shows it falling behind.
     Before the model card exists drift consumes nothing, so what is published waits."""
     port = free_port()
     pipeline.start("drift", env={"NICE": "0", "METRICS_PORT": str(port)})
-    wait_until(lambda: queue_exists(amqp_url, *DRIFT_QUEUES), 30, message="drift's queues")
+    # its first poll comes once drift has declared its queues and their bindings: a publish before the
+    # binding would reach y_pred alone (the queues existing is not enough)
+    wait_until(lambda: set(backlog_if_up(port)) >= set(DRIFT_QUEUES), 60, interval=0.5,
+               message="drift's queues, bound, on its /metrics")
     stream = Stream(trained_models, 40)
     stream.publish(amqp_url, range(40), batch_size=10)  # 40 predictions one a message, 4 batches of pairs
     wait_until(lambda: backlog(port).get(DRIFT_PREDICTIONS) == 40 and backlog(port).get(DRIFT_EVENTS) == 4, 30,

@@ -33,8 +33,9 @@ import uuid
 
 import pika
 
+from mlmonitor.settings import queue_type_from_environment
 from mlmonitor.tls import connection_candidates
-from mlmonitor.topology import (CLASSIC, FEATURES, INPUTS_EXCHANGE, METRIC_ADDED, METRIC_EVENTS_EXCHANGE,
+from mlmonitor.topology import (FEATURES, INPUTS_EXCHANGE, METRIC_ADDED, METRIC_EVENTS_EXCHANGE,
                                 MODEL_PREDICTIONS_EXCHANGE, PIPELINE, Y_PRED, Y_TRUE, declare)
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
@@ -267,7 +268,7 @@ def declare_on_a_node(amqp_url: str) -> pika.URLParameters:
             if position == len(candidates):
                 raise
             continue
-        declare(connection.channel(), PIPELINE, os.environ.get("QUEUE_TYPE") or CLASSIC)  # as the bench sets it
+        declare(connection.channel(), PIPELINE, queue_type_from_environment())
         connection.close()
         return parameters
     raise AssertionError("connection_candidates returns at least one URL")

@@ -137,12 +137,12 @@ def draw_text_box(image: Image.Image, top_right: tuple[float, float], text: str)
     """`text`, left-aligned, its top right corner at `top_right` (pixels from the top left), in a
     rounded box of 80 % white with an 80 % black edge, as a matplotlib text with a "round" bbox looks."""
     x, y = round(top_right[0]), round(top_right[1])
-    left, upper, right, lower = map(round, ImageDraw.Draw(image).multiline_textbbox(
-        (x, y), text, font=TEXT_FONT, anchor="ra", spacing=4))
+    draw = ImageDraw.Draw(image)
+    left, upper, right, lower = map(round, draw.multiline_textbbox((x, y), text, font=TEXT_FONT, anchor="ra",
+                                                                   spacing=4))
     box = (left - TEXT_PAD, upper - TEXT_PAD, right + TEXT_PAD + 1, lower + TEXT_PAD + 1)
     behind = image.crop(box)
-    image.paste(Image.blend(behind, Image.new("RGB", behind.size, "white"), 0.8), box[:2])
-    draw = ImageDraw.Draw(image)
+    image.paste(Image.blend(behind, Image.new("RGB", behind.size, "white"), 0.8), box[:2])  # drawn on in place
     draw.rounded_rectangle((box[0], box[1], box[2] - 1, box[3] - 1), radius=TEXT_PAD, outline=(51, 51, 51))
     draw.multiline_text((x, y), text, font=TEXT_FONT, fill="black", anchor="ra", align="left", spacing=4)
 

@@ -29,7 +29,7 @@ import struct
 import time
 import traceback
 from ssl import SSLCertVerificationError
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import pika
 import pika.frame
@@ -37,11 +37,10 @@ from pika.adapters.select_connection import IOLoop
 from pika.channel import ContentFrameAssembler
 from pika.exceptions import AMQPError, BodyTooLongError, ChannelClosedByBroker, ProbableAuthenticationError
 from pika.spec import Basic
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import observability
 from .messages import InvalidMessage, Message, MessageT, decode, encode_batches
-from .settings import ConsumerSettings
+from .settings import max_message_bytes_from_environment, queue_type_from_environment
 from .tls import AmqpTls, connect_problem, connection_candidates, untrusted
 from .topology import (DEAD_LETTERS_EXCHANGE, INPUTS_EXCHANGE, PIPELINE, REASON_HEADER, SOURCE_QUEUE_HEADER, Topology,
                        check_declared, dead_letter_queue, declare)
@@ -188,24 +187,6 @@ def _content_header_without_properties(data_in: bytes, error: Exception):
 
 
 tolerate_unreadable_properties()
-
-
-class _MessageLimits(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
-
-    max_message_bytes: int = ConsumerSettings.model_fields["max_message_bytes"]
-    queue_type: Literal["classic", "quorum"] = ConsumerSettings.model_fields["queue_type"]
-
-
-def max_message_bytes_from_environment() -> int:
-    """MAX_MESSAGE_BYTES as ConsumerSettings checks it, or its default: what every consumer applies
-    unless its runner is given another cap."""
-    return _MessageLimits().max_message_bytes
-
-
-def queue_type_from_environment() -> str:
-    """QUEUE_TYPE as ServiceSettings checks it, or its default (classic): what a runner declares unless given."""
-    return _MessageLimits().queue_type
 
 
 HOUSEKEEPING_SECONDS = 0.2

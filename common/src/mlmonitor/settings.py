@@ -124,6 +124,25 @@ class ConsumerSettings(ServiceSettings):
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
 
+class _MessageLimits(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+
+    max_message_bytes: int = ConsumerSettings.model_fields["max_message_bytes"]
+    queue_type: Literal["classic", "quorum"] = ConsumerSettings.model_fields["queue_type"]
+
+
+def max_message_bytes_from_environment() -> int:
+    """MAX_MESSAGE_BYTES as ConsumerSettings checks it, or its default: what every consumer applies
+    unless its runner is given another cap."""
+    return _MessageLimits().max_message_bytes
+
+
+def queue_type_from_environment() -> str:
+    """QUEUE_TYPE as ServiceSettings checks it, or its default (classic): what a runner declares unless
+    given. Here, not in mlmonitor.amqp, so that a tool can read it without that module's pika patches."""
+    return _MessageLimits().queue_type
+
+
 def load_settings(settings_cls: type[SettingsT], argv: list[str] | None = None, prog: str | None = None) -> SettingsT:
     """Builds the settings from env vars and the given command line (sys.argv by default)."""
     args = sys.argv[1:] if argv is None else argv
